@@ -17,12 +17,10 @@ run: $(STAMP)
 	$(BIN)/ccsvi-cds serve
 
 test: $(STAMP)
-	$(BIN)/ccsvi-cds rules lint rules
-	$(BIN)/ccsvi-cds rules test rules
 	$(BIN)/python -m pytest -n 2 --dist loadgroup
 
 bench: $(STAMP)
-	$(BIN)/python -m bench
+	$(BIN)/python -m bench $(BENCH)
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

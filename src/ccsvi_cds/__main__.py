@@ -1,0 +1,3 @@
+from ccsvi_cds.cli import main
+
+main()
