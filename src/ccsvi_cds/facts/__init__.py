@@ -1,0 +1,1 @@
+"""From FHIR resources to the small flat facts the engine matches on."""

@@ -1,0 +1,59 @@
+"""Compile rules into durable_rules ruleset JSON.
+
+Each alternative of a rule's `when` becomes one engine rule named `<rule-id>#<n>`; each alias becomes one
+fact expression: `kind` equality, an `$and` of the `where` fields (each an `$or` of its values) and, if
+given, an `$or` over the `any` alternatives. The engine then does the joins; nothing here is evaluated.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ccsvi_cds.rulepack.model import FactPattern, Rule, Where
+
+Expr = dict[str, Any]
+SEPARATOR = "#"
+
+
+def _one_of(field: str, values: list[str]) -> Expr:
+    if len(values) == 1:
+        return {field: values[0]}
+    return {"$or": [{field: v} for v in values]}
+
+
+def _all(parts: list[Expr]) -> Expr:
+    return parts[0] if len(parts) == 1 else {"$and": parts}
+
+
+def _where(where: Where) -> list[Expr]:
+    return [_one_of(field, values) for field, values in sorted(where.items())]
+
+
+def compile_pattern(pattern: FactPattern) -> Expr:
+    parts: list[Expr] = [{"kind": pattern.fact}, *_where(pattern.where)]
+    if pattern.any:
+        options = [_all(_where(w)) if w else {"kind": pattern.fact} for w in pattern.any]
+        parts.append(options[0] if len(options) == 1 else {"$or": options})
+    return _all(parts)
+
+
+def compile_rule(rule: Rule) -> dict[str, Expr]:
+    """{engine rule name: {"all": [{alias: expr}, ...]}}, aliases in a stable order."""
+    compiled: dict[str, Expr] = {}
+    for n, alternative in enumerate(rule.when):
+        aliases = [rule.order] + sorted(a for a in alternative if a != rule.order)
+        compiled[f"{rule.id}{SEPARATOR}{n}"] = {
+            "all": [{alias: compile_pattern(alternative[alias])} for alias in aliases]
+        }
+    return compiled
+
+
+def compile_rules(rules: tuple[Rule, ...] | list[Rule]) -> dict[str, Expr]:
+    compiled: dict[str, Expr] = {}
+    for rule in rules:
+        compiled.update(compile_rule(rule))
+    return compiled
+
+
+def rule_id_of(engine_rule: str) -> str:
+    return engine_rule.split(SEPARATOR, 1)[0]
