@@ -1,0 +1,1 @@
+"""Batch audit: find every referral for CCSVI angioplasty in FHIR exports, with the live service's rules."""

@@ -1,0 +1,92 @@
+"""`ccsvi-cds audit INPUT... --out DIR`: find every CCSVI referral in FHIR exports, as the live service would."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from .sources import InputError
+
+
+def _default_rules() -> Path:
+    from ccsvi_cds.service.settings import default_rules_dir
+
+    return default_rules_dir()
+
+
+def _progress_bar():  # type: ignore[no-untyped-def]
+    """A rich progress bar on a terminal (stderr); nothing when output is redirected (CI, cron)."""
+    if not sys.stderr.isatty():
+        return None, None
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    prog = Progress(TextColumn("{task.description:<10}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=Console(stderr=True), transient=False)
+    tasks: dict[str, int] = {}
+
+    def tick(phase: str, advance: int, total: int) -> None:
+        if phase not in tasks:
+            tasks[phase] = prog.add_task(phase, total=total)
+        prog.update(tasks[phase], advance=advance)
+
+    return prog, tick
+
+
+@click.command("audit")
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Directory for findings.ndjson, findings.csv, summary.json, errors.ndjson, report.html.")
+@click.option("--rules", "rules_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              default=None, help="Rule pack directory (default: the bundled rules).")
+@click.option("--engine", type=click.Choice(["embedded", "spark"]), default="embedded", show_default=True,
+              help="embedded: a process pool on this machine; spark: Apache Spark (pip install 'ccsvi-cds[spark]').")
+@click.option("--workers", type=click.IntRange(min=1), default=None, help="Processes for the embedded engine (default: CPUs).")
+@click.option("--spark-master", default=None, help="Spark master URL (default: spark.master from the Spark configuration, else local[*]).")
+@click.option("--spark-conf", multiple=True, metavar="KEY=VALUE", help="Extra Spark configuration (repeatable).")
+@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where to spill temporary shards (default: inside --out). Needs about the input's size free.")
+def audit(inputs: tuple[str, ...], out_dir: Path, rules_dir: Path | None, engine: str, workers: int | None,
+          spark_master: str | None, spark_conf: tuple[str, ...], workdir: Path | None) -> None:
+    """Audit FHIR Bundles, NDJSON files and Bulk Data export directories (gzip accepted) for CCSVI referrals.
+
+    Every ServiceRequest is evaluated whatever its status (except entered-in-error), with the same rules and
+    evaluation path as the live CDS Hooks service: each finding carries the card the EHR would have shown.
+    """
+    from ccsvi_cds.rulepack import PackError
+
+    from .run import AuditOptions, run_audit
+
+    conf = []
+    for item in spark_conf:
+        if "=" not in item:
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--spark-conf")
+        k, v = item.split("=", 1)
+        conf.append((k, v))
+    if engine == "spark":
+        try:
+            import pyspark  # noqa: F401
+        except ImportError:
+            raise click.ClickException("--engine spark needs PySpark: pip install 'ccsvi-cds[spark]'") from None
+    opts = AuditOptions(inputs, out_dir, rules_dir or _default_rules(), engine,  # type: ignore[arg-type]
+                        workers, spark_master, tuple(conf), workdir)
+    prog, tick = _progress_bar()
+    try:
+        if prog is not None:
+            with prog:
+                summary = run_audit(opts, tick)
+        else:
+            summary = run_audit(opts)
+    except InputError as exc:
+        raise click.ClickException(f"cannot audit: {exc}") from None
+    except PackError as exc:
+        raise click.ClickException(f"rule pack {opts.rules_dir}: {exc}") from None
+    f = summary["findings"]
+    click.echo(
+        f"{summary['read']['total']} resources read, {summary['serviceRequestsEvaluated']} ServiceRequests "
+        f"evaluated, {f['total']} findings ({', '.join(f'{k} {v}' for k, v in f['byRule'].items()) or 'none'}), "
+        f"{summary['errors']['total']} records skipped (errors.ndjson), in {summary['durationSeconds']:.1f} s. "
+        f"Outputs in {out_dir}/"
+    )

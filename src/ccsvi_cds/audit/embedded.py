@@ -1,0 +1,198 @@
+"""The default engine: a process pool on this machine, memory bounded by spilling to disk by patient key.
+
+Phase 1 (read): each task parses a slice of the input and appends patient-keyed rows to hash shards on disk
+(one file per shard per worker), returns side-table rows and read counts. Phase 2 (evaluate): each task
+reads one shard back, groups it by patient and evaluates. The rule engine is not thread-safe and not
+picklable, so each worker process builds its own Evaluator on first use; the parent never builds one.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+from collections import Counter
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .join import SideTables, build_side_tables, error_line, evaluate_patient
+from .partition import (SideRow, SpillWriter, choose_shards, classify, decode_rows, estimated_bytes,
+                        group_rows, shard_files)
+from .parts import EngineResult, write_part
+from .sources import BadRecord, InputFile, ReadTask, read_task
+
+
+@dataclass(frozen=True)
+class _Config:
+    files: tuple[InputFile, ...]
+    rules_dir: str
+    spill_dir: Path
+    parts_dir: Path
+    n_shards: int
+
+
+_CFG: _Config | None = None
+_EVALUATOR: Any = None
+_SIDE: SideTables | None = None
+
+
+def _init(cfg: _Config) -> None:
+    global _CFG, _EVALUATOR, _SIDE
+    _CFG, _EVALUATOR, _SIDE = cfg, None, None
+
+
+def worker_evaluator(rules_dir: str) -> Any:
+    """Build this process's Evaluator once (never in a parent before a fork: the engine handle is local)."""
+    global _EVALUATOR
+    if _EVALUATOR is None:
+        from ccsvi_cds.evaluate import Evaluator
+        from ccsvi_cds.rulepack import load_pack
+
+        _EVALUATOR = Evaluator(load_pack(Path(rules_dir)))
+    return _EVALUATOR
+
+
+@dataclass
+class SpillResult:
+    task_index: int
+    bytes_read: int
+    counts: Counter[str]
+    side: list[SideRow]
+    errors: Path | None
+
+
+def read_and_route(files: Sequence[InputFile], task: ReadTask,
+                   on_row: Callable[[Any], None]) -> tuple[Counter[str], list[SideRow], list[tuple[str, bytes]]]:
+    """Read one task, classify every record; rows go to ``on_row``. Shared by both engines."""
+    counts: Counter[str] = Counter()
+    side: list[SideRow] = []
+    errors: list[tuple[str, bytes]] = []
+    paths = [f.path for f in files]
+    for rec in read_task(files, task):
+        rtype, item = classify(rec)
+        if rtype is not None:
+            counts[rtype] += 1
+        if item is None:
+            continue
+        if isinstance(item, BadRecord):
+            errors.append(error_line(paths[item.file_index], item.file_index, item.line, item.entry, item.reason))
+        elif isinstance(item, SideRow):
+            side.append(item)
+        else:
+            on_row(item)
+    return counts, side, errors
+
+
+def _spill(task_index: int, task: ReadTask) -> SpillResult:
+    assert _CFG is not None
+    writer = SpillWriter(_CFG.spill_dir, _CFG.n_shards)
+    counts, side, errors = read_and_route(_CFG.files, task, writer.add)
+    writer.flush()
+    f = _CFG.files[task.file_index]
+    size = (task.end if task.end >= 0 else f.size) - task.start
+    part = write_part(_CFG.parts_dir / f"read-{task_index:06d}.errors", errors)
+    return SpillResult(task_index, size, counts, side, part)
+
+
+@dataclass
+class ShardResult:
+    shard: int
+    patients: int
+    evaluated: int
+    findings: Path | None
+    errors: Path | None
+
+
+def _evaluate_shard(shard: int) -> ShardResult:
+    global _SIDE
+    assert _CFG is not None
+    if _SIDE is None:
+        _SIDE = SideTables.from_json((_CFG.spill_dir / "side.json").read_bytes())
+    ev = worker_evaluator(_CFG.rules_dir)
+    paths = [f.path for f in _CFG.files]
+    data = b"".join(p.read_bytes() for p in shard_files(_CFG.spill_dir, shard))
+    findings: list[tuple[str, bytes]] = []
+    errors: list[tuple[str, bytes]] = []
+    patients = evaluated = 0
+    for key, rows in group_rows(decode_rows(data)):
+        try:
+            res = evaluate_patient(key, rows, _SIDE, ev, paths)
+        except Exception as exc:  # one patient's failure must not lose the rest of the shard
+            first = rows[0]
+            errors.append(error_line(paths[first.file_index], first.file_index, first.line or None,
+                                     first.entry or None, f"evaluation failed: {type(exc).__name__}", key))
+            continue
+        findings += res.findings
+        errors += res.errors
+        if res.evaluated:
+            patients += 1
+            evaluated += res.evaluated
+    del data
+    return ShardResult(
+        shard, patients, evaluated,
+        write_part(_CFG.parts_dir / f"shard-{shard:05d}.findings", findings),
+        write_part(_CFG.parts_dir / f"shard-{shard:05d}.errors", errors),
+    )
+
+
+Progress = Callable[[str, int, int], None]  # (phase, advance, total)
+
+
+def _drain(pool: ProcessPoolExecutor, jobs: list[tuple[Callable[..., Any], tuple[Any, ...]]],
+           on_done: Callable[[Any], None], window: int) -> None:
+    """Run jobs with at most ``window`` in flight (bounded memory for results), in completion order."""
+    pending: set[Future[Any]] = set()
+    it = iter(jobs)
+    for fn, args in it:
+        pending.add(pool.submit(fn, *args))
+        if len(pending) >= window:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for d in done:
+                on_done(d.result())
+    while pending:
+        done, pending = wait(pending, return_when=FIRST_COMPLETED)
+        for d in done:
+            on_done(d.result())
+
+
+def run_embedded(files: Sequence[InputFile], tasks: Sequence[ReadTask], rules_dir: Path, workdir: Path,
+                 workers: int | None = None, progress: Progress | None = None) -> EngineResult:
+    """Run the audit on a local process pool; returns counts and sorted part files under ``workdir``."""
+    workers = workers or os.cpu_count() or 1
+    spill_dir, parts_dir = workdir / "spill", workdir / "parts"
+    spill_dir.mkdir(parents=True, exist_ok=True)
+    parts_dir.mkdir(parents=True, exist_ok=True)
+    n_shards = choose_shards(estimated_bytes([(f.size, f.gzip) for f in files]))
+    cfg = _Config(tuple(files), str(rules_dir), spill_dir, parts_dir, n_shards)
+    result = EngineResult()
+    counts: Counter[str] = Counter()
+    side_rows: list[SideRow] = []
+    tick = progress or (lambda phase, adv, total: None)
+    total_bytes = sum(f.size for f in files)
+
+    def spilled(r: SpillResult) -> None:
+        counts.update(r.counts)
+        side_rows.extend(r.side)
+        if r.errors:
+            result.error_parts.append(r.errors)
+        tick("read", r.bytes_read, total_bytes)
+
+    def evaluated(r: ShardResult) -> None:
+        result.patients += r.patients
+        result.evaluated += r.evaluated
+        if r.findings:
+            result.finding_parts.append(r.findings)
+        if r.errors:
+            result.error_parts.append(r.errors)
+        tick("evaluate", 1, n_shards)
+
+    ctx = mp.get_context("fork")
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init, initargs=(cfg,)) as pool:
+        _drain(pool, [(_spill, (i, t)) for i, t in enumerate(tasks)], spilled, workers * 4)
+        (spill_dir / "side.json").write_bytes(build_side_tables(side_rows).to_json())
+        del side_rows[:]
+        _drain(pool, [(_evaluate_shard, (s,)) for s in range(n_shards)], evaluated, workers * 4)
+    result.read_counts = dict(sorted(counts.items()))
+    return result

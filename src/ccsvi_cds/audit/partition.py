@@ -1,0 +1,150 @@
+"""Route records to patients: classify each resource, spill patient-keyed ones to disk shards by patient key.
+
+Memory stays bounded whatever the input size because nothing is joined in memory until one shard (a hash
+slice of the patients) is read back; the shards live in a temporary directory and are plain text lines
+``key TAB type TAB file TAB line TAB entry TAB json``, so a shard can be read without parsing every resource.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import zlib
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+
+from .references import PATIENT_KEYED, SIDE_TYPES, patient_key
+from .sources import BadRecord, Record
+
+# Resource types the join keeps per patient (the rules read nothing else); others are counted and dropped.
+JOINED_TYPES = frozenset(PATIENT_KEYED) | {"Patient"}
+_ID_RE = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+FLUSH_BYTES = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """A patient-keyed record on its way to the join. line/entry are 0 when not applicable."""
+
+    key: str
+    rtype: str
+    file_index: int
+    line: int
+    entry: int
+    raw: bytes
+
+    def position(self) -> tuple[int, int, int]:
+        return (self.file_index, self.line, self.entry)
+
+
+@dataclass(frozen=True, slots=True)
+class SideRow:
+    """A record for a side table (ResearchStudy, Organization, Practitioner, PractitionerRole)."""
+
+    ref: str
+    file_index: int
+    line: int
+    entry: int
+    raw: bytes
+
+
+Classified = Row | SideRow | BadRecord | None
+
+
+def classify(rec: Record | BadRecord) -> tuple[str | None, Classified]:
+    """Decide what one record is for. Returns (resource type for the read counts, routed item or None).
+
+    None as item means "counted, not needed". Invalid records become BadRecord with the reason.
+    """
+    if isinstance(rec, BadRecord):
+        return None, rec
+    res = rec.resource
+    rtype: str = res["resourceType"]
+    if rtype not in JOINED_TYPES and rtype not in SIDE_TYPES:
+        return rtype, None
+    line, entry = rec.line or 0, rec.entry or 0
+    rid = res.get("id")
+    if not isinstance(rid, str) or not _ID_RE.match(rid):
+        return rtype, BadRecord(rec.file_index, rec.line, rec.entry, f"invalid resource: {rtype} without a valid id")
+    raw = rec.raw if rec.raw is not None else orjson.dumps(res)
+    if rtype in SIDE_TYPES:
+        return rtype, SideRow(f"{rtype}/{rid}", rec.file_index, line, entry, raw)
+    key = patient_key(res)
+    if key is None:
+        field = "/".join(PATIENT_KEYED.get(rtype, ("subject",)))
+        return rtype, BadRecord(
+            rec.file_index, rec.line, rec.entry, f"invalid resource: {rtype}/{rid} has no {field} reference"
+        )
+    return rtype, Row(key, rtype, rec.file_index, line, entry, raw)
+
+
+def shard_of(key: str, n_shards: int) -> int:
+    """Stable across processes and runs (unlike hash()), so the same input always spills the same way."""
+    return zlib.crc32(key.encode()) % n_shards
+
+
+def encode_row(row: Row) -> bytes:
+    head = f"{row.key}\t{row.rtype}\t{row.file_index}\t{row.line}\t{row.entry}\t".encode()
+    return head + row.raw + b"\n"
+
+
+def decode_rows(data: bytes) -> Iterator[Row]:
+    for line in data.split(b"\n"):
+        if not line:
+            continue
+        key, rtype, fi, ln, en, raw = line.split(b"\t", 5)
+        yield Row(key.decode(), rtype.decode(), int(fi), int(ln), int(en), raw)
+
+
+class SpillWriter:
+    """Buffers rows per shard and appends them to ``dir/NNNNN.<pid>`` files (one writer per process)."""
+
+    def __init__(self, directory: Path, n_shards: int) -> None:
+        self.directory = directory
+        self.n_shards = n_shards
+        self._buffers: dict[int, list[bytes]] = {}
+        self._size = 0
+
+    def add(self, row: Row) -> None:
+        data = encode_row(row)
+        self._buffers.setdefault(shard_of(row.key, self.n_shards), []).append(data)
+        self._size += len(data)
+        if self._size >= FLUSH_BYTES:
+            self.flush()
+
+    def flush(self) -> None:
+        pid = os.getpid()
+        for shard, chunks in self._buffers.items():
+            with open(self.directory / f"{shard:05d}.{pid}", "ab") as fh:
+                fh.write(b"".join(chunks))
+        self._buffers.clear()
+        self._size = 0
+
+
+def shard_files(directory: Path, shard: int) -> list[Path]:
+    return sorted(directory.glob(f"{shard:05d}.*"))
+
+
+def group_rows(rows: Iterable[Row]) -> list[tuple[str, list[Row]]]:
+    """Group one shard's rows by patient; patients and their rows in a deterministic order."""
+    groups: dict[str, list[Row]] = {}
+    for row in rows:
+        groups.setdefault(row.key, []).append(row)
+    out = []
+    for key in sorted(groups):
+        rows_ = groups[key]
+        rows_.sort(key=Row.position)
+        out.append((key, rows_))
+    return out
+
+
+def choose_shards(total_bytes: int, target: int = 16 * 1024 * 1024, maximum: int = 4096) -> int:
+    return max(1, min(maximum, -(-total_bytes // target)))
+
+
+def estimated_bytes(sizes: Sequence[tuple[int, bool]]) -> int:
+    """Uncompressed size estimate: gzip'd FHIR NDJSON compresses roughly 8:1."""
+    return sum(size * (8 if gz else 1) for size, gz in sizes)

@@ -1,0 +1,104 @@
+"""FHIR reference normalisation for the batch audit.
+
+Records from different files (or servers) spell the same reference differently: ``Patient/1``,
+``https://ehr.example/fhir/Patient/1/_history/3``, or ``urn:uuid:...`` resolved through a Bundle's
+``fullUrl``. The per-patient join needs one spelling, ``Type/id``, or two records of one patient would land
+in different groups and a finding would be missed.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+# Type/id, optionally preceded by a base URL and followed by /_history/vid.
+_REF_RE = re.compile(r"(?:^|/)([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})(?:/_history/[^/]+)?/?$")
+
+
+def normalise(ref: str | None, full_urls: Mapping[str, str] | None = None) -> str | None:
+    """Return ``Type/id`` for a reference string, or None when it cannot be read as one.
+
+    ``urn:uuid:``/``urn:oid:`` references are looked up in ``full_urls`` (Bundle fullUrl -> ``Type/id``);
+    contained references (``#x``) and identifiers are not resolvable across records and give None.
+    """
+    if not ref or not isinstance(ref, str):
+        return None
+    if ref.startswith("urn:"):
+        return full_urls.get(ref) if full_urls else None
+    if ref.startswith("#"):
+        return None
+    if full_urls and ref in full_urls:
+        return full_urls[ref]
+    m = _REF_RE.search(ref)
+    if m is None:
+        return None
+    return f"{m.group(1)}/{m.group(2)}"
+
+
+def ref_of(value: Any, full_urls: Mapping[str, str] | None = None) -> str | None:
+    """Normalise a FHIR Reference element (a dict with ``reference``); anything else gives None."""
+    if isinstance(value, dict):
+        return normalise(value.get("reference"), full_urls)
+    return None
+
+
+def rewrite_references(node: Any, full_urls: Mapping[str, str]) -> None:
+    """Rewrite, in place, every ``reference`` that ``full_urls`` resolves (urn:uuid / absolute fullUrls).
+
+    Only needed for Bundle entries: once a resource leaves its Bundle, a ``urn:uuid`` reference means nothing.
+    """
+    if isinstance(node, dict):
+        ref = node.get("reference")
+        if isinstance(ref, str) and ref in full_urls:
+            node["reference"] = full_urls[ref]
+        for v in node.values():
+            if isinstance(v, (dict, list)):
+                rewrite_references(v, full_urls)
+    elif isinstance(node, list):
+        for v in node:
+            if isinstance(v, (dict, list)):
+                rewrite_references(v, full_urls)
+
+
+STUDY_EXTENSION = "http://hl7.org/fhir/StructureDefinition/workflow-researchStudy"
+
+# Resources the join keeps, with the element naming their patient.
+PATIENT_KEYED: dict[str, tuple[str, ...]] = {
+    "ServiceRequest": ("subject",),
+    "Condition": ("subject",),
+    "Procedure": ("subject",),
+    "ResearchSubject": ("individual", "subject"),  # R4 individual, R5 subject
+}
+# Resources that are not patient-keyed but needed by some patient groups: kept in small side tables.
+SIDE_TYPES = frozenset({"ResearchStudy", "Organization", "Practitioner", "PractitionerRole"})
+
+
+def patient_key(resource: Mapping[str, Any], full_urls: Mapping[str, str] | None = None) -> str | None:
+    """The ``Patient/id`` a resource belongs to for the join, or None (not patient-keyed / no subject)."""
+    rtype = resource.get("resourceType")
+    if rtype == "Patient":
+        rid = resource.get("id")
+        return f"Patient/{rid}" if isinstance(rid, str) and rid else None
+    for field in PATIENT_KEYED.get(rtype, ()):  # type: ignore[arg-type]
+        key = ref_of(resource.get(field), full_urls)
+        if key is not None:
+            return key
+    return None
+
+
+def study_refs(resource: Mapping[str, Any]) -> list[str]:
+    """ResearchStudy references of a ServiceRequest (workflow-researchStudy) or ResearchSubject (study)."""
+    out: list[str] = []
+    rtype = resource.get("resourceType")
+    if rtype == "ResearchSubject":
+        r = ref_of(resource.get("study"))
+        if r:
+            out.append(r)
+    elif rtype == "ServiceRequest":
+        for ext in resource.get("extension") or ():
+            if isinstance(ext, dict) and ext.get("url") == STUDY_EXTENSION:
+                r = ref_of(ext.get("valueReference"))
+                if r:
+                    out.append(r)
+    return [r for r in out if r.startswith("ResearchStudy/")]

@@ -1,0 +1,103 @@
+"""One audit from inputs to published outputs, whichever engine runs the evaluation.
+
+Order matters for the guarantees: everything that can reject the whole audit (paths, non-FHIR files, a
+broken rule pack) is checked before any work; outputs are staged and published only once complete.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any, Literal
+
+from .outputs import OUTPUT_NAMES, publish, sha256_file, staged, write_errors, write_findings, write_json
+from .parts import EngineResult
+from .report import write_report
+from .sources import digest_and_tasks, discover
+
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class AuditOptions:
+    inputs: Sequence[str]
+    out_dir: Path
+    rules_dir: Path
+    engine: Literal["embedded", "spark"] = "embedded"
+    workers: int | None = None
+    spark_master: str | None = None
+    spark_conf: Sequence[tuple[str, str]] = ()
+    workdir: Path | None = None  # where spill files go; default: a temp dir next to the outputs
+
+
+def _tool_version() -> str:
+    try:
+        return version("ccsvi-cds")
+    except PackageNotFoundError:  # running from a source tree
+        return "unknown"
+
+
+def run_audit(opts: AuditOptions, progress: Progress | None = None) -> dict[str, Any]:
+    """Run the audit and publish the outputs; returns summary.json's content. Raises InputError/PackError."""
+    from ccsvi_cds.rulepack import load_pack
+
+    started = time.monotonic()
+    started_at = datetime.now(UTC).replace(microsecond=0).isoformat()
+    files = discover(opts.inputs)  # InputError: before any work
+    pack = load_pack(opts.rules_dir)  # PackError: before any work
+    digests, tasks = digest_and_tasks(files)
+
+    opts.out_dir.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix="ccsvi-audit-", dir=opts.workdir or opts.out_dir))
+    try:
+        result: EngineResult
+        if opts.engine == "spark":
+            from .spark import run_spark  # PySpark is optional: imported only here
+
+            result = run_spark(files, tasks, opts.rules_dir, scratch, master=opts.spark_master,
+                               conf=opts.spark_conf)
+        else:
+            from .embedded import run_embedded
+
+            result = run_embedded(files, tasks, opts.rules_dir, scratch, opts.workers, progress)
+        with staged(opts.out_dir) as stage:
+            stats = write_findings(stage, result.finding_parts)
+            n_errors, error_kinds = write_errors(stage, result.error_parts)
+            rule_indicator = {}
+            for row in stats.table:
+                rule_indicator.setdefault(row["rule"], row["indicator"])
+            summary: dict[str, Any] = {
+                "tool": {"name": "ccsvi-cds audit", "version": _tool_version()},
+                "engine": opts.engine,
+                "rulePack": {"name": pack.name if hasattr(pack, "name") else pack.manifest.name,
+                             "version": pack.version, "digest": pack.digest},
+                "inputs": [{"file": f.path, "bytes": f.size, "sha256": d} for f, d in zip(files, digests)],
+                "read": {"total": sum(result.read_counts.values()), "byType": result.read_counts},
+                "patients": result.patients,
+                "serviceRequestsEvaluated": result.evaluated,
+                "findings": {
+                    "total": stats.total,
+                    "patients": len(stats.patients),
+                    "byRule": dict(sorted(stats.by_rule.items())),
+                    "byIndicator": dict(sorted(stats.by_indicator.items())),
+                    "ruleIndicator": dict(sorted(rule_indicator.items())),
+                },
+                "errors": {"total": n_errors, "byKind": dict(sorted(error_kinds.items()))},
+                "startedAt": started_at,
+                "durationSeconds": 0.0,
+            }
+            summary["durationSeconds"] = round(time.monotonic() - started, 3)
+            write_report(stage / "report.html", summary, stats, error_kinds)
+            summary["outputs"] = {n: sha256_file(stage / n) for n in OUTPUT_NAMES if n != "summary.json"}
+            summary["durationSeconds"] = round(time.monotonic() - started, 3)
+            write_json(stage / "summary.json", summary)
+            publish(stage, opts.out_dir, OUTPUT_NAMES)
+        return summary
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)

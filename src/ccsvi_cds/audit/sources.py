@@ -1,0 +1,422 @@
+"""Find and read audit inputs: FHIR Bundles, NDJSON files, Bulk Data export directories, gzip or not.
+
+Every record carries its provenance (file index, line for NDJSON, entry index for Bundles) so a finding or
+an error points back to the exact place in the auditor's files. Inputs are checked up front (`discover`) so
+that a wrong path or a non-FHIR file stops the audit before any work; a bad *record* inside a good file is
+never fatal (see `read_task`).
+
+Large plain NDJSON files are split into byte-range tasks at line boundaries (`plan_tasks`) so that several
+processes can read one file; gzip files and Bundles are read by one task each.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO, Literal
+from urllib.parse import urlparse
+
+import orjson
+
+from .references import rewrite_references
+
+NDJSON_SUFFIXES = (".ndjson", ".jsonl")
+JSON_SUFFIXES = (".json",)
+BUNDLE_IN_MEMORY_MAX = 64 * 1024 * 1024  # larger Bundles are streamed with ijson
+CHUNK_BYTES = 8 * 1024 * 1024  # target size of one read task on a plain NDJSON file
+_SNIFF_BYTES = 1024 * 1024
+_BLOCK = 8 * 1024 * 1024
+
+
+class InputError(Exception):
+    """An input that cannot be audited at all (missing, unreadable, not FHIR): stops the audit up front."""
+
+
+@dataclass(frozen=True)
+class InputFile:
+    """One file to read. ``path`` is the spelling shown in findings and errors."""
+
+    path: str
+    kind: Literal["ndjson", "json"]
+    gzip: bool
+    size: int
+    declared_type: str | None = None  # resource type from a Bulk Data manifest, if any
+
+
+@dataclass(frozen=True)
+class ReadTask:
+    """A unit of reading: a whole file, or a line-aligned byte range of a plain NDJSON file."""
+
+    file_index: int
+    start: int = 0
+    end: int = -1  # -1: to the end of the file
+    first_line: int = 1
+
+
+@dataclass(frozen=True)
+class Record:
+    """A parsed resource and where it came from. ``raw`` is the original NDJSON line (no re-serialising)."""
+
+    resource: dict[str, Any]
+    raw: bytes | None
+    file_index: int
+    line: int | None
+    entry: int | None
+
+
+@dataclass(frozen=True)
+class BadRecord:
+    """A record that could not be read; becomes one line of errors.ndjson."""
+
+    file_index: int
+    line: int | None
+    entry: int | None
+    reason: str
+
+
+# ---------------------------------------------------------------------------------------------- discovery
+
+
+def _is_gz(p: Path) -> bool:
+    return p.name.lower().endswith(".gz")
+
+
+def _base_name(p: Path) -> str:
+    name = p.name.lower()
+    return name[:-3] if name.endswith(".gz") else name
+
+
+def _open(path: str | Path, gz: bool) -> BinaryIO:
+    raw = open(path, "rb")  # noqa: SIM115 - returned to the caller
+    return gzip.GzipFile(fileobj=raw, mode="rb") if gz else raw  # type: ignore[return-value]
+
+
+def _head(path: Path, gz: bool, n: int = _SNIFF_BYTES) -> bytes:
+    try:
+        with _open(path, gz) as f:
+            return f.read(n)
+    except (OSError, EOFError) as exc:
+        raise InputError(f"{path}: cannot read ({exc.__class__.__name__}: {exc})") from exc
+
+
+def _looks_like_fhir_line(line: bytes) -> bool:
+    try:
+        obj = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(obj, dict) and isinstance(obj.get("resourceType"), str)
+
+
+def _sniff_ndjson(path: Path, gz: bool) -> None:
+    """Reject a non-empty NDJSON file none of whose first lines is a FHIR resource."""
+    head = _head(path, gz)
+    lines = [ln for ln in head.split(b"\n")[:-1] if ln.strip()][:5]
+    if not lines and head.strip():  # a single (possibly huge) first line
+        lines = [head]
+    if not lines:
+        return  # empty file: a Bulk Data export may legitimately have one
+    if not any(_looks_like_fhir_line(ln) for ln in lines) and not (
+        len(lines) == 1 and b'"resourceType"' in lines[0]
+    ):
+        raise InputError(f"{path}: not FHIR NDJSON (no resource with a resourceType in its first lines)")
+
+
+def _sniff_json(path: Path, gz: bool) -> None:
+    head = _head(path, gz).lstrip()
+    if not head.startswith(b"{") or b'"resourceType"' not in head:
+        raise InputError(f"{path}: not a FHIR JSON resource or Bundle")
+
+
+def _file_entry(path: Path, display: str, declared_type: str | None = None) -> InputFile:
+    gz = _is_gz(path)
+    base = _base_name(path)
+    if base.endswith(NDJSON_SUFFIXES):
+        kind: Literal["ndjson", "json"] = "ndjson"
+    elif base.endswith(JSON_SUFFIXES):
+        kind = "json"
+    else:  # explicitly named file with another suffix: decide by content
+        head = _head(path, gz, 64 * 1024)
+        first = head.split(b"\n", 1)[0]
+        kind = "ndjson" if _looks_like_fhir_line(first) and b"\n{" in head else "json"
+    if kind == "ndjson":
+        _sniff_ndjson(path, gz)
+    else:
+        _sniff_json(path, gz)
+    return InputFile(display, kind, gz, path.stat().st_size, declared_type)
+
+
+def _from_manifest(directory: Path, display: str) -> list[InputFile]:
+    """Files listed in a Bulk Data manifest.json (``output`` entries), resolved inside ``directory``."""
+    mpath = directory / "manifest.json"
+    try:
+        manifest = orjson.loads(mpath.read_bytes())
+    except (OSError, orjson.JSONDecodeError) as exc:
+        raise InputError(f"{mpath}: unreadable Bulk Data manifest ({exc})") from exc
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("output"), list):
+        raise InputError(f"{mpath}: not a Bulk Data manifest (no 'output' list)")
+    files: list[InputFile] = []
+    for item in manifest["output"]:
+        if not isinstance(item, dict) or not isinstance(item.get("url"), str):
+            raise InputError(f"{mpath}: manifest output entry without a url")
+        url = item["url"]
+        rel = urlparse(url).path if "://" in url else url
+        candidates = [directory / rel.lstrip("/"), directory / Path(rel).name]
+        local = next((c for c in candidates if c.is_file()), None)
+        if local is None:
+            raise InputError(f"{mpath}: lists {Path(rel).name}, which is not in {display}")
+        shown = os.path.join(display, os.path.relpath(local, directory))
+        entry = _file_entry(local, shown, item.get("type") if isinstance(item.get("type"), str) else None)
+        files.append(InputFile(entry.path, "ndjson", entry.gzip, entry.size, entry.declared_type))
+    return files
+
+
+def _walk(directory: Path, display: str) -> list[InputFile]:
+    if (directory / "manifest.json").is_file():
+        return _from_manifest(directory, display)
+    out: list[InputFile] = []
+    for child in sorted(directory.iterdir(), key=lambda p: p.name):
+        if child.name.startswith("."):
+            continue
+        shown = os.path.join(display, child.name)
+        if child.is_dir():
+            out.extend(_walk(child, shown))
+        elif child.is_file() and _base_name(child).endswith(NDJSON_SUFFIXES + JSON_SUFFIXES):
+            out.append(_file_entry(child, shown))
+    return out
+
+
+def discover(inputs: Sequence[str]) -> list[InputFile]:
+    """Expand INPUT arguments into the files to read, in a deterministic order; raise InputError early."""
+    if not inputs:
+        raise InputError("no input given")
+    files: list[InputFile] = []
+    for arg in inputs:
+        p = Path(arg)
+        if not p.exists():
+            raise InputError(f"{arg}: no such file or directory")
+        if p.is_dir():
+            found = _walk(p, arg.rstrip("/") or "/")
+            if not found:
+                raise InputError(f"{arg}: no FHIR files (*.json, *.ndjson, gzip or not, or a manifest.json)")
+            files.extend(found)
+        elif p.is_file():
+            if not os.access(p, os.R_OK):
+                raise InputError(f"{arg}: not readable")
+            files.append(_file_entry(p, arg))
+        else:
+            raise InputError(f"{arg}: not a regular file or directory")
+    seen: set[str] = set()
+    unique = []
+    for f in files:  # the same file named twice would double every finding
+        real = os.path.realpath(_real_path(f))
+        if real not in seen:
+            seen.add(real)
+            unique.append(f)
+    return unique
+
+
+def _real_path(f: InputFile) -> str:
+    return f.path
+
+
+# ---------------------------------------------------------------------------------------------- planning
+
+
+def digest_and_tasks(files: Sequence[InputFile], chunk_bytes: int = CHUNK_BYTES) -> tuple[list[str], list[ReadTask]]:
+    """One pass over each file: its sha256 (for summary.json) and its read tasks.
+
+    Plain NDJSON files are cut into ~``chunk_bytes`` tasks at newline boundaries, with the line number each
+    task starts at, so that parallel readers still report true line numbers.
+    """
+    digests: list[str] = []
+    tasks: list[ReadTask] = []
+    for idx, f in enumerate(files):
+        h = hashlib.sha256()
+        splittable = f.kind == "ndjson" and not f.gzip and f.size > chunk_bytes
+        start, first_line, lines_before, offset = 0, 1, 0, 0
+        next_cut = chunk_bytes
+        with open(f.path, "rb") as fh:
+            while block := fh.read(_BLOCK):
+                h.update(block)
+                if splittable:
+                    while next_cut < offset + len(block):
+                        nl = block.find(b"\n", next_cut - offset)
+                        if nl < 0:
+                            break
+                        cut = offset + nl + 1
+                        tasks.append(ReadTask(idx, start, cut, first_line))
+                        first_line = lines_before + block.count(b"\n", 0, nl + 1) + 1
+                        start = cut
+                        next_cut = cut + chunk_bytes
+                    lines_before += block.count(b"\n")
+                offset += len(block)
+        tasks.append(ReadTask(idx, start, -1, first_line))
+        digests.append(h.hexdigest())
+    return digests, tasks
+
+
+# ---------------------------------------------------------------------------------------------- reading
+
+
+def read_task(files: Sequence[InputFile], task: ReadTask) -> Iterator[Record | BadRecord]:
+    """Yield every record of a task, and a BadRecord for each line/entry that is not a FHIR resource."""
+    f = files[task.file_index]
+    if f.kind == "ndjson":
+        yield from _read_ndjson(f, task)
+    else:
+        yield from _read_json(f, task.file_index)
+
+
+def _iter_lines(f: InputFile, task: ReadTask) -> Iterator[bytes]:
+    with _open(f.path, f.gzip) as fh:
+        if f.gzip:
+            yield from io.BufferedReader(fh, 1 << 20)  # type: ignore[arg-type]
+            return
+        fh.seek(task.start)
+        remaining = (task.end - task.start) if task.end >= 0 else None
+        buf = b""
+        while remaining is None or remaining > 0:
+            block = fh.read(_BLOCK if remaining is None else min(_BLOCK, remaining))
+            if not block:
+                break
+            if remaining is not None:
+                remaining -= len(block)
+            parts = (buf + block).split(b"\n")
+            buf = parts.pop()
+            for p in parts:
+                yield p + b"\n"
+        if buf:
+            yield buf
+
+
+def _read_ndjson(f: InputFile, task: ReadTask) -> Iterator[Record | BadRecord]:
+    idx = task.file_index
+    line_no = task.first_line - 1
+    try:
+        for raw in _iter_lines(f, task):
+            line_no += 1
+            line = raw.strip()
+            if not line:
+                continue
+            try:
+                obj = orjson.loads(line)
+            except orjson.JSONDecodeError as exc:
+                yield BadRecord(idx, line_no, None, f"malformed JSON: {exc.args[0] if exc.args else exc}")
+                continue
+            if not isinstance(obj, dict) or not isinstance(obj.get("resourceType"), str):
+                yield BadRecord(idx, line_no, None, "not a FHIR resource (no resourceType)")
+                continue
+            if obj["resourceType"] == "Bundle":  # a Bundle on one NDJSON line: read its entries
+                yield from _bundle_records(obj, idx, line_no)
+                continue
+            yield Record(obj, line, idx, line_no, None)
+    except (OSError, EOFError, gzip.BadGzipFile) as exc:  # truncated gzip etc.: keep what was read
+        yield BadRecord(idx, line_no + 1, None, f"file unreadable from here on: {exc}")
+
+
+def _entry_identity(entry: dict[str, Any]) -> tuple[str | None, dict[str, Any] | None]:
+    res = entry.get("resource")
+    full = entry.get("fullUrl")
+    if not isinstance(res, dict):
+        return (full if isinstance(full, str) else None), None
+    if not res.get("id") and isinstance(full, str) and full.startswith("urn:uuid:"):
+        res["id"] = full[len("urn:uuid:"):]
+    return (full if isinstance(full, str) else None), res
+
+
+def _full_url_map(entries: Sequence[Any]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for e in entries:
+        if isinstance(e, dict):
+            full, res = _entry_identity(e)
+            if full and res and isinstance(res.get("resourceType"), str) and isinstance(res.get("id"), str):
+                out[full] = f"{res['resourceType']}/{res['id']}"
+    return out
+
+
+def _bundle_records(bundle: dict[str, Any], idx: int, line: int | None) -> Iterator[Record | BadRecord]:
+    entries = bundle.get("entry") or []
+    if not isinstance(entries, list):
+        yield BadRecord(idx, line, None, "Bundle.entry is not a list")
+        return
+    urls = _full_url_map(entries)
+    for n, e in enumerate(entries, start=1):
+        yield from _entry_record(e, urls, idx, line, n)
+
+
+def _entry_record(
+    e: Any, urls: dict[str, str], idx: int, line: int | None, n: int
+) -> Iterator[Record | BadRecord]:
+    if not isinstance(e, dict):
+        yield BadRecord(idx, line, n, "Bundle entry is not an object")
+        return
+    _, res = _entry_identity(e)
+    if res is None or not isinstance(res.get("resourceType"), str):
+        if e.get("request") and not e.get("resource"):
+            return  # e.g. a DELETE in a transaction: nothing to audit
+        yield BadRecord(idx, line, n, "Bundle entry without a FHIR resource")
+        return
+    if res["resourceType"] == "Bundle":
+        for inner in _bundle_records(res, idx, line):
+            if isinstance(inner, Record):
+                yield Record(inner.resource, None, idx, line, n)
+            else:
+                yield BadRecord(idx, line, n, inner.reason)
+        return
+    if urls:
+        rewrite_references(res, urls)
+    yield Record(res, None, idx, line, n)
+
+
+def _read_json(f: InputFile, idx: int) -> Iterator[Record | BadRecord]:
+    if f.size <= BUNDLE_IN_MEMORY_MAX and not f.gzip or f.gzip and f.size <= BUNDLE_IN_MEMORY_MAX // 8:
+        try:
+            with _open(f.path, f.gzip) as fh:
+                obj = orjson.loads(fh.read())
+        except (orjson.JSONDecodeError, OSError, EOFError) as exc:
+            yield BadRecord(idx, None, None, f"malformed JSON: {exc}")
+            return
+        if not isinstance(obj, dict) or not isinstance(obj.get("resourceType"), str):
+            yield BadRecord(idx, None, None, "not a FHIR resource (no resourceType)")
+        elif obj["resourceType"] == "Bundle":
+            yield from _bundle_records(obj, idx, None)
+        else:
+            yield Record(obj, None, idx, None, None)
+        return
+    yield from _stream_bundle(f, idx)
+
+
+def _stream_bundle(f: InputFile, idx: int) -> Iterator[Record | BadRecord]:
+    """A Bundle too large to hold: two ijson passes (fullUrl map, then entries), memory ~ one entry."""
+    import ijson  # only needed for very large Bundles
+
+    try:
+        urls: dict[str, str] = {}
+        with _open(f.path, f.gzip) as fh:
+            full: str | None = None
+            rtype: str | None = None
+            rid: str | None = None
+            for prefix, event, value in ijson.parse(fh):
+                if prefix == "entry.item" and event == "start_map":
+                    full = rtype = rid = None
+                elif prefix == "entry.item.fullUrl":
+                    full = value
+                elif prefix == "entry.item.resource.resourceType":
+                    rtype = value
+                elif prefix == "entry.item.resource.id":
+                    rid = value
+                elif prefix == "entry.item" and event == "end_map" and full and rtype:
+                    if rid is None and full.startswith("urn:uuid:"):
+                        rid = full[len("urn:uuid:"):]
+                    if rid:
+                        urls[full] = f"{rtype}/{rid}"
+        with _open(f.path, f.gzip) as fh:
+            for n, e in enumerate(ijson.items(fh, "entry.item", use_float=True), start=1):
+                yield from _entry_record(e, urls, idx, None, n)
+    except (ijson.JSONError, OSError, EOFError) as exc:
+        yield BadRecord(idx, None, None, f"malformed JSON Bundle (reading stopped): {exc}")
