@@ -155,6 +155,7 @@ class Rule(_Strict):
     title: str = Field(min_length=1)
     description: str = Field(min_length=1)
     indicator: Indicator
+    priority: int = Field(default=100, description="cards for one order are shown critical first, then by priority")
     order: str = Field(default="order", description="the alias whose fact is the order the card is about")
     when: list[dict[str, FactPattern]] = Field(min_length=1, description="alternatives: any one suffices")
     card: CardSpec

@@ -1,0 +1,125 @@
+"""Findings into CDS Hooks 2.0 cards: the rule's card spec rendered against the facts that matched."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+
+from ccsvi_cds.rulepack.loader import RulePack
+from ccsvi_cds.rulepack.model import Rule
+from ccsvi_cds.rulepack.templates import template_env
+
+OVERRIDE_SYSTEM = "urn:ccsvi-cds:override-reason"
+EXTENSION_PREFIX = "org.ccsvi-cds"
+_NAMESPACE = uuid.UUID("5d6c2a57-43c3-4a1c-9e8e-6f1f3f2f8f61")
+
+
+def suggestion_uuid(pack_name: str, rule_id: str, order_ref: str, index: int) -> str:
+    """Stable across calls so that feedback on a suggestion can be traced back to it."""
+    return str(uuid.uuid5(_NAMESPACE, f"{pack_name}|{rule_id}|{order_ref}|{index}"))
+
+
+class CardBuilder:
+    def __init__(self, pack: RulePack, base_url: str) -> None:
+        self.pack = pack
+        self.base_url = base_url.rstrip("/")
+        self.env = template_env(pack.evidence)
+        self._details = {r.id: self.env.from_string(r.card.detail) for r in pack.rules}
+        self._conditions = {
+            (r.id, i): self.env.compile_expression(s.when)
+            for r in pack.rules
+            for i, s in enumerate(r.card.suggestions)
+            if s.when
+        }
+        self._reasons = {r.code: r for r in pack.manifest.override_reasons}
+        self._links = {link.id: link for link in pack.manifest.links}
+
+    def build(self, rule: Rule, facts: Mapping[str, Mapping[str, Any]], matched: Mapping[str, Any],
+              base_url: str | None = None) -> dict[str, Any]:
+        """facts: the template context (matched aliases plus `order` and `patient`); matched: for the record."""
+        base = (base_url or self.base_url).rstrip("/")
+        order_ref = facts["order"]["ref"]
+        spec = rule.card
+        card: dict[str, Any] = {
+            "summary": spec.summary,
+            "indicator": rule.indicator,
+            "detail": _tidy(self._details[rule.id].render(**facts)),
+            "source": self._source(rule),
+        }
+        suggestions = []
+        for i, s in enumerate(spec.suggestions):
+            condition = self._conditions.get((rule.id, i))
+            if condition is not None and not condition(**facts):
+                continue
+            suggestion: dict[str, Any] = {
+                "label": s.label,
+                "uuid": suggestion_uuid(self.pack.name, rule.id, order_ref, i),
+                "actions": [self._action(a.type, a.description, a.text, order_ref, facts) for a in s.actions],
+            }
+            if s.recommended:
+                suggestion["isRecommended"] = True
+            suggestions.append(suggestion)
+        if suggestions:
+            card["suggestions"] = suggestions
+            card["selectionBehavior"] = "at-most-one"
+        if spec.override_reasons:
+            card["overrideReasons"] = [
+                {"system": OVERRIDE_SYSTEM, "code": code, "display": self._reasons[code].display}
+                for code in spec.override_reasons
+            ]
+        links = [self._link(link_id, base) for link_id in spec.links]
+        if links:
+            card["links"] = links
+        card["extension"] = {
+            f"{EXTENSION_PREFIX}.rule": {"id": rule.id, "version": rule.version},
+            f"{EXTENSION_PREFIX}.pack": {"name": self.pack.name, "version": self.pack.version,
+                                          "digest": self.pack.digest},
+            f"{EXTENSION_PREFIX}.evidence": list(spec.evidence),
+            f"{EXTENSION_PREFIX}.matched": {alias: dict(f) for alias, f in matched.items()},
+        }
+        return card
+
+    def _source(self, rule: Rule) -> dict[str, Any]:
+        source = self.pack.manifest.source
+        out: dict[str, Any] = {
+            "label": source.label,
+            "topic": {"system": source.topic_system, "code": rule.id, "display": rule.title},
+        }
+        if source.url:
+            out["url"] = source.url
+        return out
+
+    def _action(self, kind: str, description: str, text: str | None, order_ref: str,
+                facts: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+        if kind == "delete-order":
+            return {"type": "delete", "description": description, "resourceId": order_ref}
+        resource: dict[str, Any] = {
+            "resourceType": "ServiceRequest",
+            "status": "draft",
+            "intent": "proposal",
+            "code": {"text": text},
+        }
+        patient = facts["patient"].get("ref")
+        if patient and patient != "Patient/unknown":
+            resource["subject"] = {"reference": patient}
+        return {"type": "create", "description": description, "resource": resource}
+
+    def _link(self, link_id: str, base: str) -> dict[str, str]:
+        if link_id in self._links:
+            link = self._links[link_id]
+            return {"label": link.label, "url": link.url.replace("{base_url}", base), "type": "absolute"}
+        citation = self.pack.evidence[link_id]
+        assert citation.link is not None  # the loader refuses links without a verified identifier
+        return {"label": citation.label, "url": citation.link, "type": "absolute"}
+
+
+def _tidy(markdown: str) -> str:
+    lines = [line.rstrip() for line in markdown.strip().splitlines()]
+    out: list[str] = []
+    for line in lines:
+        if line == "" and out and out[-1] == "":
+            continue
+        out.append(line)
+    return "\n".join(out)

@@ -1,0 +1,96 @@
+"""`ccsvi-cds check FILE...`: evaluate a CDS Hooks request or FHIR resources from files, print the cards."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+import orjson
+
+from ccsvi_cds.evaluate import Evaluation, Evaluator
+from ccsvi_cds.facts.fhir import Located
+from ccsvi_cds.facts.hookrequest import resources_from_hook_request
+from ccsvi_cds.rulepack import PackError, load_pack
+
+DEFAULT_RULES = Path("rules")
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise click.ClickException(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        line = raw[: exc.pos].count(b"\n") + 1
+        col = exc.pos - (raw.rfind(b"\n", 0, exc.pos) + 1) + 1
+        raise click.ClickException(f"{path}:{line}:{col}: not valid JSON: {exc.msg}") from exc
+
+
+def evaluate_file(evaluator: Evaluator, path: Path) -> Evaluation:
+    """A CDS Hooks request (has `hook` and `context`) or FHIR JSON (a resource or a Bundle)."""
+    data = _read_json(path)
+    if isinstance(data, dict) and isinstance(data.get("context"), dict) and "resourceType" not in data:
+        located, targets = resources_from_hook_request(data)
+        patient = (data.get("context") or {}).get("patientId")
+        return evaluator.evaluate(located, targets, default_patient=patient if isinstance(patient, str) else None)
+    if not isinstance(data, dict) or not isinstance(data.get("resourceType"), str):
+        raise click.ClickException(
+            f"{path}: neither a CDS Hooks request (hook, context) nor a FHIR resource (resourceType)"
+        )
+    return evaluator.evaluate([Located(data["resourceType"], data)])
+
+
+def _text(path: Path, result: Evaluation) -> str:
+    lines = [f"{path}: {result.orders_evaluated} order(s) evaluated, {len(result.findings)} card(s)"]
+    for f in result.findings:
+        lines.append(f"  [{f.indicator.upper()}] {f.rule_id} on {f.order_ref}: {f.summary}")
+    for issue in result.issues:
+        lines.append(f"  skipped: {issue}")
+    return "\n".join(lines)
+
+
+@click.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--rules", "rules_dir", type=click.Path(path_type=Path), default=DEFAULT_RULES, show_default=True,
+              help="rule pack folder")
+@click.option("--format", "fmt", type=click.Choice(["json", "text"]), default="json", show_default=True)
+@click.option("--validate/--no-validate", default=False, help="validate every resource with fhir.resources first")
+def check(files: tuple[Path, ...], rules_dir: Path, fmt: str, validate: bool) -> None:
+    """Evaluate CDS Hooks requests or FHIR Bundles/resources and print the cards.
+
+    Exits 0 whether or not cards fire; non-zero when an input or the rule pack cannot be read.
+    """
+    try:
+        pack = load_pack(rules_dir)
+    except PackError as exc:
+        raise click.ClickException(str(exc)) from exc
+    evaluator = Evaluator(pack, validate=validate)
+    results: list[tuple[Path, Evaluation]] = []
+    failures: list[str] = []
+    for path in files:  # one unreadable file must not hide the results of the others
+        try:
+            results.append((path, evaluate_file(evaluator, path)))
+        except click.ClickException as exc:
+            failures.append(exc.format_message())
+    _print(results, fmt)
+    if failures:
+        raise click.ClickException("\n".join(failures))
+
+
+def _print(results: list[tuple[Path, Evaluation]], fmt: str) -> None:
+    if not results:
+        return
+    if fmt == "text":
+        click.echo("\n".join(_text(path, result) for path, result in results))
+        return
+    payload = [
+        {"file": str(path), "cards": result.cards, "issues": [{"path": i.path, "message": i.message}
+                                                            for i in result.issues]}
+        for path, result in results
+    ]
+    out = payload[0] if len(payload) == 1 else payload
+    sys.stdout.write(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode() + "\n")

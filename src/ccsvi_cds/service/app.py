@@ -1,0 +1,227 @@
+"""The ASGI application: routes, lifespan (one evaluator per worker process) and middleware.
+
+Starlette rather than FastAPI: the request body is parsed once with orjson and checked by the pydantic
+models in `models.py`, so every refusal is our OperationOutcome (with the JSON location) instead of a
+framework error page, and the hot path stays short.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import orjson
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from . import logs
+from .discovery import SERVICES, discovery_document
+from .errors import Problem, ServiceError, error_response, outcome_response
+from .feedback_store import Store
+from .hook import HookHandler
+from .jwt_auth import JwtVerifier
+from .models import FeedbackRequest, parse_json, validate
+from .prefetch import PrefetchCompleter
+from .replay import ReplayCache
+from .settings import ServiceSettings
+from .state import RuleState
+
+JSON = "application/json"
+log = logs.log
+
+
+@dataclass
+class Runtime:
+    """Everything a request needs; built in the lifespan, i.e. inside the worker process."""
+
+    settings: ServiceSettings
+    rules: RuleState
+    store: Store
+    client: httpx.AsyncClient
+    verifier: JwtVerifier | None
+    hooks: HookHandler
+
+
+def json_response(data: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(data), status_code=status, media_type=JSON)
+
+
+Endpoint = Callable[[Request, Runtime], Awaitable[Response]]
+
+
+def guarded(endpoint: Endpoint) -> Callable[[Request], Awaitable[Response]]:
+    """ServiceError -> its OperationOutcome; anything else -> a 500 OperationOutcome, logged without data."""
+
+    @functools.wraps(endpoint)
+    async def run(request: Request) -> Response:
+        try:
+            return await endpoint(request, request.app.state.runtime)
+        except ServiceError as exc:
+            request.scope.setdefault("ccsvi.log", {})["problem"] = exc.problems[0].message[:200]
+            return error_response(exc)
+        except Exception as exc:  # noqa: BLE001 - never a stack trace to the client
+            tb = exc.__traceback__
+            while tb is not None and tb.tb_next is not None:
+                tb = tb.tb_next
+            where = f"{tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}" if tb else "?"
+            log.error("internal error", extra={"error": type(exc).__name__, "where": where,
+                                               "path": request.url.path})
+            return outcome_response(500, [Problem("internal error; the service log has the details",
+                                                  code="exception")])
+
+    return run
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 as soon as it exceeds `limit` bytes (declared or actual)."""
+    too_large = ServiceError(413, Problem(f"request body exceeds {limit} bytes", code="too-costly"))
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise too_large
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise too_large
+    return bytes(body)
+
+
+async def authenticate(request: Request, rt: Runtime) -> None:
+    if rt.verifier is not None:
+        await rt.verifier.verify(request.headers.get("authorization"), rt.settings.public_url + request.url.path)
+
+
+def _service(request: Request) -> str:
+    service_id = request.path_params["service_id"]
+    if service_id not in SERVICES:
+        raise ServiceError(404, Problem(f"no CDS service {service_id!r} here; GET /cds-services lists them",
+                                        code="not-found"))
+    return service_id
+
+
+async def discovery(request: Request, rt: Runtime) -> Response:
+    if not rt.settings.public_discovery:
+        await authenticate(request, rt)
+    return json_response(discovery_document(rt.rules.current if rt.rules.loaded else None))
+
+
+async def invoke(request: Request, rt: Runtime) -> Response:
+    service_id = _service(request)
+    await authenticate(request, rt)
+    data = parse_json(await read_body(request, rt.settings.max_body_bytes))
+    body, info = await rt.hooks.handle(SERVICES[service_id], data)
+    request.scope.setdefault("ccsvi.log", {}).update(info)
+    return json_response(body)
+
+
+async def feedback(request: Request, rt: Runtime) -> Response:
+    service_id = _service(request)
+    await authenticate(request, rt)
+    data = parse_json(await read_body(request, rt.settings.max_body_bytes))
+    items = validate(FeedbackRequest, data).feedback
+    await asyncio.to_thread(rt.store.flush)  # decisions still queued in this worker are visible for linking
+    result = await asyncio.to_thread(rt.store.record_feedback, service_id, items)
+    request.scope.setdefault("ccsvi.log", {}).update(result.to_json())
+    return json_response(result.to_json())
+
+
+async def health(request: Request, rt: Runtime) -> Response:
+    ok = rt.rules.loaded
+    return json_response({"status": "ok" if ok else "starting",
+                          "rulePack": rt.rules.current.describe() if ok else None,
+                          "auth": "jwt" if rt.verifier is not None else "off",
+                          "pid": os.getpid()}, 200 if ok else 503)
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = {404: "not-found", 405: "not-supported"}.get(exc.status_code, "processing")
+    return outcome_response(exc.status_code, [Problem(f"{exc.detail}: {request.method} {request.url.path}", code=code)],
+                            headers=exc.headers)
+
+
+class AccessLog:
+    """One JSON log line per request: method, path, status, duration and ids/counts set by the endpoint."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 0
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            extra = {"method": scope["method"], "path": scope["path"], "status": status,
+                     "ms": round((time.perf_counter() - start) * 1000, 2), **scope.get("ccsvi.log", {})}
+            log.info("request", extra=extra)
+
+
+def create_app(settings: ServiceSettings | None = None) -> Starlette:
+    settings = settings or ServiceSettings()
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        rules = RuleState()
+        rules.load(settings.rules_dir)  # here, in the worker process: durable_rules handles cannot cross a fork
+        client = httpx.AsyncClient(follow_redirects=False, trust_env=False,
+                                   timeout=httpx.Timeout(settings.fhir_timeout_s),
+                                   limits=httpx.Limits(max_connections=100, max_keepalive_connections=20))
+        store = Store(settings.db_path)
+        replay = ReplayCache(settings.db_path)
+        verifier = JwtVerifier(settings, client, replay) if settings.auth_enabled else None
+        hooks = HookHandler(settings, rules, store, PrefetchCompleter(settings, client))
+        app.state.runtime = Runtime(settings, rules, store, client, verifier, hooks)
+        pack = rules.current.describe()
+        log.info("worker ready", extra={"pid": os.getpid(), "pack": pack["name"], "version": pack["version"],
+                                        "auth": "jwt" if verifier else "off"})
+        try:
+            yield
+        finally:
+            await client.aclose()
+            store.close()
+            replay.close()
+
+    routes = [
+        Route("/cds-services", guarded(discovery), methods=["GET"]),
+        Route("/cds-services/{service_id}", guarded(invoke), methods=["POST"]),
+        Route("/cds-services/{service_id}/feedback", guarded(feedback), methods=["POST"]),
+        Route("/health", guarded(health), methods=["GET"]),
+    ]
+    middleware = [
+        Middleware(AccessLog),
+        Middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST", "OPTIONS"],
+                   allow_headers=["Content-Type", "Authorization"], max_age=600),
+    ]
+    return Starlette(routes=routes, middleware=middleware, lifespan=lifespan,
+                     exception_handlers={HTTPException: http_error})
+
+
+def create_app_from_env() -> Starlette:
+    """Factory for uvicorn worker processes: settings come from the environment / config file."""
+    settings = ServiceSettings()
+    logs.setup(settings.log_level)
+    return create_app(settings)

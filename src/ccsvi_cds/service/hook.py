@@ -1,0 +1,85 @@
+"""One hook call: check the request, complete the prefetch, evaluate, record the decision, answer cards."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .cards import finalize
+from .discovery import ServiceDef
+from .errors import Problem, ServiceError
+from .feedback_store import DecisionRecord, Store, digest
+from .models import HookRequest, OrderContext, validate
+from .prefetch import PrefetchCompleter
+from .settings import ServiceSettings
+from .state import RuleState
+
+
+def _order_keys(draft_orders: dict[str, Any]) -> tuple[set[str], set[str]]:
+    """("Type/id" refs, bare ids) of the draft orders."""
+    refs, ids = set(), set()
+    for entry in draft_orders.get("entry") or []:
+        res = entry["resource"]
+        if isinstance(res.get("id"), str):
+            refs.add(f"{res['resourceType']}/{res['id']}")
+            ids.add(res["id"])
+    return refs, ids
+
+
+def check_selections(selections: list[str], draft_orders: dict[str, Any]) -> None:
+    """Each selection must name a draft order ("Type/id"; a bare id from older clients is accepted)."""
+    refs, ids = _order_keys(draft_orders)
+    for i, sel in enumerate(selections):
+        if sel not in refs and sel not in ids:
+            raise ServiceError(400, Problem("selection does not name an order in context.draftOrders",
+                                            ("context", "selections", i), code="value"))
+
+
+class HookHandler:
+    def __init__(self, settings: ServiceSettings, rules: RuleState, store: Store,
+                 completer: PrefetchCompleter) -> None:
+        self._settings = settings
+        self._rules = rules
+        self._store = store
+        self._completer = completer
+
+    async def handle(self, service: ServiceDef, data: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(response body, log fields: ids and counts only) for the request JSON `data`."""
+        req: HookRequest = validate(HookRequest, data)
+        info: dict[str, Any] = {"service": service.id, "hookInstance": req.hookInstance}
+        if req.hook != service.hook:
+            # Not ours to judge (e.g. the spec's patient-view examples): a valid request, nothing to say.
+            info["note"] = f"hook {req.hook} not handled by this service"
+            return {"cards": []}, info
+        if req.fhirAuthorization is not None and not req.fhirServer:
+            raise ServiceError(400, Problem("fhirServer is required when fhirAuthorization is given",
+                                            ("fhirServer",), code="required"))
+        context: OrderContext = validate(OrderContext, req.context, ("context",))
+        raw_context: dict[str, Any] = data["context"]
+        draft_orders: dict[str, Any] = raw_context["draftOrders"]
+        if service.hook == "order-select":
+            if context.selections is None:
+                raise ServiceError(400, Problem("order-select requires context.selections",
+                                                ("context", "selections"), code="required"))
+            check_selections(context.selections, draft_orders)
+        prefetch = await self._completer.complete(req, context, draft_orders)
+
+        from ccsvi_cds.facts.hookrequest import resources_from_hook_request
+
+        normalized = {"hook": req.hook, "hookInstance": req.hookInstance, "context": raw_context,
+                      "prefetch": prefetch}
+        resources, targets = resources_from_hook_request(normalized)
+        active = self._rules.current  # one read: the pack that evaluates is the pack that is recorded
+        result = active.evaluator.evaluate(resources, targets=targets, default_patient=context.patientId)
+        findings = result.findings
+        cards, records = finalize([f.card for f in findings], [f.order_ref for f in findings],
+                                  self._settings.legacy_delete_resource)
+        refs = sorted(_order_keys(draft_orders)[0])
+        self._store.submit_decision(DecisionRecord(
+            hook_instance=req.hookInstance, service_id=service.id, hook=req.hook,
+            patient_id=context.patientId, user_id=context.userId, encounter_id=context.encounterId,
+            order_refs=refs, input_digest=digest(normalized), pack=active.describe(),
+            issue_paths=[i.path for i in result.issues][:100], cards=records,
+        ))
+        info.update(cards=len(cards), rules=[r.rule_id for r in records], issues=len(result.issues),
+                    orders=result.orders_evaluated)
+        return {"cards": cards}, info

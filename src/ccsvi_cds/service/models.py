@@ -1,0 +1,133 @@
+"""Pydantic models of what crosses the service boundary: hook requests and feedback.
+
+They check the CDS Hooks envelope and the order-hook context (the parts the service relies on) and
+leave FHIR resources as dicts: the facts layer reads them and reports bad ones as issues. Unknown
+fields are allowed (CDS Hooks 1.0 clients, `extension`), as the specification asks.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import Problem, ServiceError
+
+NonEmpty = Field(min_length=1)
+
+
+class _Open(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class FhirAuthorization(_Open):
+    access_token: str = NonEmpty
+    token_type: str = "Bearer"
+    expires_in: int | None = None
+    scope: str | None = None
+    subject: str | None = None
+    patient: str | None = None
+
+    @field_validator("token_type")
+    @classmethod
+    def _bearer(cls, value: str) -> str:
+        if value.lower() != "bearer":
+            raise ValueError("token_type must be 'Bearer'")
+        return value
+
+
+class HookRequest(_Open):
+    hook: str = NonEmpty
+    hookInstance: str = NonEmpty
+    fhirServer: str | None = None
+    fhirAuthorization: FhirAuthorization | None = None
+    context: dict[str, Any]
+    prefetch: dict[str, Any] | None = None
+    extension: dict[str, Any] | None = None
+
+    @field_validator("fhirServer")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is not None:
+            parts = urlsplit(value)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError("fhirServer must be an absolute http(s) URL")
+        return value
+
+
+class Resource(_Open):
+    resourceType: str = NonEmpty
+    id: str | None = None
+
+
+class BundleEntry(_Open):
+    resource: Resource
+
+
+class Bundle(_Open):
+    resourceType: Literal["Bundle"]
+    entry: list[BundleEntry] = Field(default_factory=list)
+
+
+class OrderContext(_Open):
+    """Context of order-select and order-sign (userId may name a Practitioner or a PractitionerRole)."""
+
+    userId: str = NonEmpty
+    patientId: str = NonEmpty
+    encounterId: str | None = None
+    selections: list[str] | None = None
+    draftOrders: Bundle
+
+
+class Coding(_Open):
+    code: str = NonEmpty
+    system: str | None = None
+    display: str | None = None
+
+
+class OverrideReason(_Open):
+    reason: Coding | None = None
+    userComment: str | None = None
+
+
+class AcceptedSuggestion(_Open):
+    id: str = NonEmpty
+
+
+class FeedbackItem(_Open):
+    card: str = NonEmpty
+    outcome: Literal["accepted", "overridden"]
+    acceptedSuggestions: list[AcceptedSuggestion] | None = None
+    overrideReason: OverrideReason | None = None
+    outcomeTimestamp: datetime | None = None  # required in 2.0; 1.0 clients may omit it
+
+
+class FeedbackRequest(_Open):
+    feedback: list[FeedbackItem] = Field(min_length=1, max_length=500)
+
+
+def parse_json(body: bytes) -> Any:
+    """Parse a request body; a syntax error becomes a 400 that says where (line, column)."""
+    if not body.strip():
+        raise ServiceError(400, Problem("request body is empty: a JSON object is expected", code="required"))
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise ServiceError(400, Problem(f"request body is not valid JSON: {exc.msg} at line {exc.lineno} "
+                                        f"column {exc.colno} (char {exc.pos})", code="structure")) from None
+
+
+def validate(model: type[BaseModel], data: Any, prefix: tuple[str | int, ...] = ()) -> Any:
+    """`model.model_validate(data)`, with pydantic errors turned into a 400 OperationOutcome (no input echoed)."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors(include_url=False, include_input=False, include_context=False)[:20]:
+            loc = prefix + tuple(err["loc"])
+            code = "required" if err["type"] == "missing" else "value" if err["type"] != "model_type" else "structure"
+            problems.append(Problem(err["msg"], loc, code))
+        raise ServiceError(400, problems) from None

@@ -1,0 +1,64 @@
+"""The active rule pack and its evaluator, one per worker process.
+
+durable_rules is not thread-safe and its handles cannot cross a fork, so each worker process builds its own
+Evaluator (at start-up, inside the process) and every evaluation runs on the event-loop thread. `swap`
+replaces the pack atomically (one attribute assignment): a request sees either the old pack or the new one,
+and the decision record names the one that produced its cards. Call `swap` from the event-loop thread.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ActiveRules:
+    pack: Any  # ccsvi_cds.rulepack.RulePack
+    evaluator: Any  # ccsvi_cds.evaluate.Evaluator
+    loaded_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+
+    def describe(self) -> dict[str, str]:
+        """The pack identity shown in discovery, /health and each decision record."""
+        return {
+            "name": str(self.pack.name),
+            "version": str(self.pack.version),
+            "digest": str(self.pack.digest),
+            "loadedAt": self.loaded_at.isoformat(timespec="seconds"),
+        }
+
+
+class RuleState:
+    """Holder of the running pack: `current` for readers, `swap(pack)` for the (future) hot reload."""
+
+    def __init__(self, **evaluator_options: Any) -> None:
+        self._active: ActiveRules | None = None
+        self._options = evaluator_options  # e.g. base_url=, validate= for every Evaluator built here
+
+    @property
+    def current(self) -> ActiveRules:
+        if self._active is None:
+            raise RuntimeError("no rule pack loaded yet")
+        return self._active
+
+    @property
+    def loaded(self) -> bool:
+        return self._active is not None
+
+    def swap(self, pack: Any) -> ActiveRules:
+        """Compile `pack` into a new Evaluator, then make it the active one; returns the new state.
+
+        If compiling fails, the running pack stays active and the error propagates.
+        """
+        from ccsvi_cds.evaluate import Evaluator
+
+        active = ActiveRules(pack=pack, evaluator=Evaluator(pack, **self._options))
+        self._active = active
+        return active
+
+    def load(self, rules_dir: Path) -> ActiveRules:
+        from ccsvi_cds.rulepack import load_pack
+
+        return self.swap(load_pack(rules_dir))
