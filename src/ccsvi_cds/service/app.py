@@ -185,7 +185,7 @@ def create_app(settings: ServiceSettings | None = None) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        rules = RuleState()
+        rules = RuleState(base_url=settings.public_url, validate=settings.fhir_validation)
         rules.load(settings.rules_dir)  # here, in the worker process: durable_rules handles cannot cross a fork
         client = httpx.AsyncClient(follow_redirects=False, trust_env=False,
                                    timeout=httpx.Timeout(settings.fhir_timeout_s),
