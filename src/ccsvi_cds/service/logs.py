@@ -12,7 +12,7 @@ import orjson
 LOGGER_NAME = "ccsvi_cds.service"
 log = logging.getLogger(LOGGER_NAME)
 
-_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
+_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime", "color_message"}
 
 
 class JsonFormatter(logging.Formatter):
