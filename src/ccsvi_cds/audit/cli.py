@@ -46,10 +46,13 @@ def _progress_bar():  # type: ignore[no-untyped-def]
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="Processes for the embedded engine (default: CPUs).")
 @click.option("--spark-master", default=None, help="Spark master URL (default: spark.master from the Spark configuration, else local[*]).")
 @click.option("--spark-conf", multiple=True, metavar="KEY=VALUE", help="Extra Spark configuration (repeatable).")
+@click.option("--base-url", default=None,
+              help="The CDS service's public base URL, so card links match what the EHR was shown.")
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where to spill temporary shards (default: inside --out). Needs about the input's size free.")
 def audit(inputs: tuple[str, ...], out_dir: Path, rules_dir: Path | None, engine: str, workers: int | None,
-          spark_master: str | None, spark_conf: tuple[str, ...], workdir: Path | None) -> None:
+          spark_master: str | None, spark_conf: tuple[str, ...], base_url: str | None,
+          workdir: Path | None) -> None:
     """Audit FHIR Bundles, NDJSON files and Bulk Data export directories (gzip accepted) for CCSVI referrals.
 
     Every ServiceRequest is evaluated whatever its status (except entered-in-error), with the same rules and
@@ -71,7 +74,7 @@ def audit(inputs: tuple[str, ...], out_dir: Path, rules_dir: Path | None, engine
         except ImportError:
             raise click.ClickException("--engine spark needs PySpark: pip install 'ccsvi-cds[spark]'") from None
     opts = AuditOptions(inputs, out_dir, rules_dir or _default_rules(), engine,  # type: ignore[arg-type]
-                        workers, spark_master, tuple(conf), workdir)
+                        workers, spark_master, tuple(conf), workdir, base_url)
     prog, tick = _progress_bar()
     try:
         if prog is not None:

@@ -28,6 +28,7 @@ from .sources import BadRecord, InputFile, ReadTask, read_task
 class _Config:
     files: tuple[InputFile, ...]
     rules_dir: str
+    base_url: str | None
     spill_dir: Path
     parts_dir: Path
     n_shards: int
@@ -43,14 +44,15 @@ def _init(cfg: _Config) -> None:
     _CFG, _EVALUATOR, _SIDE = cfg, None, None
 
 
-def worker_evaluator(rules_dir: str) -> Any:
+def worker_evaluator(rules_dir: str, base_url: str | None = None) -> Any:
     """Build this process's Evaluator once (never in a parent before a fork: the engine handle is local)."""
     global _EVALUATOR
     if _EVALUATOR is None:
         from ccsvi_cds.evaluate import Evaluator
         from ccsvi_cds.rulepack import load_pack
 
-        _EVALUATOR = Evaluator(load_pack(Path(rules_dir)))
+        kwargs = {"base_url": base_url} if base_url else {}
+        _EVALUATOR = Evaluator(load_pack(Path(rules_dir)), **kwargs)
     return _EVALUATOR
 
 
@@ -110,7 +112,7 @@ def _evaluate_shard(shard: int) -> ShardResult:
     assert _CFG is not None
     if _SIDE is None:
         _SIDE = SideTables.from_json((_CFG.spill_dir / "side.json").read_bytes())
-    ev = worker_evaluator(_CFG.rules_dir)
+    ev = worker_evaluator(_CFG.rules_dir, _CFG.base_url)
     paths = [f.path for f in _CFG.files]
     data = b"".join(p.read_bytes() for p in shard_files(_CFG.spill_dir, shard))
     findings: list[tuple[str, bytes]] = []
@@ -158,14 +160,15 @@ def _drain(pool: ProcessPoolExecutor, jobs: list[tuple[Callable[..., Any], tuple
 
 
 def run_embedded(files: Sequence[InputFile], tasks: Sequence[ReadTask], rules_dir: Path, workdir: Path,
-                 workers: int | None = None, progress: Progress | None = None) -> EngineResult:
+                 workers: int | None = None, progress: Progress | None = None,
+                 base_url: str | None = None) -> EngineResult:
     """Run the audit on a local process pool; returns counts and sorted part files under ``workdir``."""
     workers = workers or os.cpu_count() or 1
     spill_dir, parts_dir = workdir / "spill", workdir / "parts"
     spill_dir.mkdir(parents=True, exist_ok=True)
     parts_dir.mkdir(parents=True, exist_ok=True)
     n_shards = choose_shards(estimated_bytes([(f.size, f.gzip) for f in files]))
-    cfg = _Config(tuple(files), str(rules_dir), spill_dir, parts_dir, n_shards)
+    cfg = _Config(tuple(files), str(rules_dir), base_url, spill_dir, parts_dir, n_shards)
     result = EngineResult()
     counts: Counter[str] = Counter()
     side_rows: list[SideRow] = []

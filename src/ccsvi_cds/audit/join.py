@@ -191,14 +191,14 @@ def evaluate_patient(
                     out.errors.append(error_line(
                         file_paths[row.file_index], row.file_index, row.line or None, row.entry or None,
                         f"dangling reference: {target} not found for this patient", ref))
-    batch = list(resources.values()) + [studies[s] for s in sorted(studies)]
+    # Each resource travels with its "Type/id" as path, so issues and findings point back to their row.
+    batch = [(ref, res) for ref, res in resources.items()] + [(s, studies[s]) for s in sorted(studies)]
     result = evaluator.evaluate(batch)
-    out.evaluated = len(orders)
+    out.evaluated = result.orders_evaluated
     first_order = where[orders[0]]
     for issue in result.issues:
         path = str(getattr(issue, "path", "") or "")
-        row = next((where[r] for r in where if path == r or path.startswith(r + ".") or path.startswith(r + "/")),
-                   first_order)
+        row = next((where[r] for r in (path.split(".", 1)[0], path.split("[", 1)[0]) if r in where), first_order)
         out.errors.append(error_line(file_paths[row.file_index], row.file_index, row.line or None,
                                      row.entry or None, f"invalid resource: {issue.message}", path or None))
     for seq, f in enumerate(result.findings):
@@ -209,6 +209,7 @@ def evaluate_patient(
             "serviceRequest": order_ref,
             "patient": f.patient_ref or key,
             "rule": f.rule_id,
+            "ruleVersion": f.rule_version,
             "indicator": f.indicator,
             "summary": f.summary,
             "evidence": list(f.evidence_ids),

@@ -8,32 +8,18 @@ in different groups and a finding would be missed.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from typing import Any
 
-# Type/id, optionally preceded by a base URL and followed by /_history/vid.
-_REF_RE = re.compile(r"(?:^|/)([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})(?:/_history/[^/]+)?/?$")
-
+from ccsvi_cds.facts.fhir import normalize_reference
 
 def normalise(ref: str | None, full_urls: Mapping[str, str] | None = None) -> str | None:
     """Return ``Type/id`` for a reference string, or None when it cannot be read as one.
 
-    ``urn:uuid:``/``urn:oid:`` references are looked up in ``full_urls`` (Bundle fullUrl -> ``Type/id``);
-    contained references (``#x``) and identifiers are not resolvable across records and give None.
+    The evaluator's own normalisation, so that the audit's join and the rules' reference resolution can
+    never disagree; ``urn:`` references resolve through ``full_urls`` (Bundle fullUrl -> ``Type/id``).
     """
-    if not ref or not isinstance(ref, str):
-        return None
-    if ref.startswith("urn:"):
-        return full_urls.get(ref) if full_urls else None
-    if ref.startswith("#"):
-        return None
-    if full_urls and ref in full_urls:
-        return full_urls[ref]
-    m = _REF_RE.search(ref)
-    if m is None:
-        return None
-    return f"{m.group(1)}/{m.group(2)}"
+    return normalize_reference(ref, full_urls)  # type: ignore[arg-type]
 
 
 def ref_of(value: Any, full_urls: Mapping[str, str] | None = None) -> str | None:

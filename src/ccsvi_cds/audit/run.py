@@ -34,6 +34,7 @@ class AuditOptions:
     spark_master: str | None = None
     spark_conf: Sequence[tuple[str, str]] = ()
     workdir: Path | None = None  # where spill files go; default: a temp dir next to the outputs
+    base_url: str | None = None  # the service's public URL, for card links (as the EHR would see them)
 
 
 def _tool_version() -> str:
@@ -61,11 +62,11 @@ def run_audit(opts: AuditOptions, progress: Progress | None = None) -> dict[str,
             from .spark import run_spark  # PySpark is optional: imported only here
 
             result = run_spark(files, tasks, opts.rules_dir, scratch, master=opts.spark_master,
-                               conf=opts.spark_conf)
+                               conf=opts.spark_conf, base_url=opts.base_url)
         else:
             from .embedded import run_embedded
 
-            result = run_embedded(files, tasks, opts.rules_dir, scratch, opts.workers, progress)
+            result = run_embedded(files, tasks, opts.rules_dir, scratch, opts.workers, progress, opts.base_url)
         with staged(opts.out_dir) as stage:
             stats = write_findings(stage, result.finding_parts)
             n_errors, error_kinds = write_errors(stage, result.error_parts)
@@ -75,8 +76,7 @@ def run_audit(opts: AuditOptions, progress: Progress | None = None) -> dict[str,
             summary: dict[str, Any] = {
                 "tool": {"name": "ccsvi-cds audit", "version": _tool_version()},
                 "engine": opts.engine,
-                "rulePack": {"name": pack.name if hasattr(pack, "name") else pack.manifest.name,
-                             "version": pack.version, "digest": pack.digest},
+                "rulePack": {"name": pack.name, "version": pack.version, "digest": pack.digest},
                 "inputs": [{"file": f.path, "bytes": f.size, "sha256": d} for f, d in zip(files, digests)],
                 "read": {"total": sum(result.read_counts.values()), "byType": result.read_counts},
                 "patients": result.patients,

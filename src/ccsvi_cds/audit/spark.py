@@ -1,0 +1,165 @@
+"""The Spark engine: the same reading, join and evaluation as the embedded engine, distributed by PySpark.
+
+Imported only for ``--engine spark`` (PySpark is an optional extra). The read tasks become an RDD; rows are
+grouped by patient key with groupByKey; each executor's Python worker builds its own Evaluator on first use
+(the engine handle cannot be pickled or shared). Findings and errors come back through sortByKey +
+toLocalIterator with the engine-independent sort keys, so the driver writes exactly the lines the embedded
+engine writes. Executors must see the input paths (local mode, or a shared filesystem on a cluster).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from .join import SideTables, build_side_tables, error_line, evaluate_patient
+from .partition import Row, choose_shards, estimated_bytes
+from .parts import EngineResult
+from .sources import InputFile, ReadTask
+
+_EVALUATORS: dict[str, Any] = {}
+
+
+def _evaluator(rules_dir: str, base_url: str | None) -> Any:
+    """One Evaluator per Python worker process, built there on first use."""
+    ev = _EVALUATORS.get(f"{rules_dir}|{base_url}")
+    if ev is None:
+        from ccsvi_cds.evaluate import Evaluator
+        from ccsvi_cds.rulepack import load_pack
+
+        kwargs = {"base_url": base_url} if base_url else {}
+        ev = _EVALUATORS[f"{rules_dir}|{base_url}"] = Evaluator(load_pack(Path(rules_dir)), **kwargs)
+    return ev
+
+
+def _read(files: Sequence[InputFile], item: tuple[int, ReadTask]) -> Iterator[tuple[Any, ...]]:
+    """Tagged records of one read task: R row, S side row, E error line, C per-type counts."""
+    from .embedded import read_and_route
+
+    rows: list[Row] = []
+    counts, side, errors = read_and_route(files, item[1], rows.append)
+    for r in rows:
+        yield ("R", r.key, (r.rtype, r.file_index, r.line, r.entry, r.raw))
+    for s in side:
+        yield ("S", s)
+    for k, v in errors:
+        yield ("E", k, v)
+    yield ("C", dict(counts))
+
+
+def _evaluate(groups: Iterable[tuple[str, Iterable[tuple[Any, ...]]]], side_b: Any, rules_dir: str,
+              base_url: str | None, paths: Sequence[str]) -> Iterator[tuple[Any, ...]]:
+    """Evaluate each patient group of a partition: F finding, E error, N (patients, evaluated) lines."""
+    side: SideTables = side_b.value
+    ev = _evaluator(rules_dir, base_url)
+    patients = evaluated = 0
+    for key, values in groups:
+        rows = [Row(key, t, fi, ln, en, raw) for t, fi, ln, en, raw in values]
+        try:
+            res = evaluate_patient(key, rows, side, ev, paths)
+        except Exception as exc:  # one patient's failure must not lose the partition
+            first = min(rows, key=Row.position)
+            k, v = error_line(paths[first.file_index], first.file_index, first.line or None, first.entry or None,
+                              f"evaluation failed: {type(exc).__name__}", key)
+            yield ("E", k, v)
+            continue
+        for k, v in res.findings:
+            yield ("F", k, v)
+        for k, v in res.errors:
+            yield ("E", k, v)
+        if res.evaluated:
+            patients += 1
+            evaluated += res.evaluated
+    yield ("N", patients, evaluated)
+
+
+def _write_sorted(rdd: Any, path: Path) -> Path | None:
+    """Write (key, json) pairs in key order through the driver one partition at a time."""
+    n = 0
+    with open(path, "wb") as fh:
+        for k, v in rdd.sortByKey().toLocalIterator():
+            fh.write(k.encode() + b"\t" + v + b"\n")
+            n += 1
+    if n == 0:
+        path.unlink()
+        return None
+    return path
+
+
+def session(master: str | None = None, conf: Sequence[tuple[str, str]] = ()) -> Any:
+    """The active SparkSession, or a new one: ``master`` > spark.master from the usual config > local[*]."""
+    from pyspark import SparkConf
+    from pyspark.sql import SparkSession
+
+    active = SparkSession.getActiveSession()
+    if active is not None and master is None and not conf:
+        return active
+    # Executors in local mode run this interpreter (the venv that has ccsvi_cds and the rule engine).
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    sconf = SparkConf()  # reads spark-defaults via spark-submit / SPARK_CONF_DIR when present
+    builder = SparkSession.builder.appName("ccsvi-cds audit")
+    if master:
+        builder = builder.master(master)
+    elif not sconf.contains("spark.master"):
+        builder = builder.master("local[*]")
+    for k, v in conf:
+        builder = builder.config(k, v)
+    return builder.getOrCreate()
+
+
+def run_spark(files: Sequence[InputFile], tasks: Sequence[ReadTask], rules_dir: Path, workdir: Path,
+              master: str | None = None, conf: Sequence[tuple[str, str]] = (),
+              base_url: str | None = None) -> EngineResult:
+    """Run the audit on Spark; returns counts and the sorted parts (written by the driver under ``workdir``)."""
+    from pyspark import StorageLevel
+
+    spark = session(master, conf)
+    sc = spark.sparkContext
+    files_t = tuple(files)
+    paths = [f.path for f in files]
+    rules = str(Path(rules_dir).resolve())
+    parts = workdir / "parts"
+    parts.mkdir(parents=True, exist_ok=True)
+    n_groups = max(sc.defaultParallelism, choose_shards(estimated_bytes([(f.size, f.gzip) for f in files])))
+
+    items = sc.parallelize(list(enumerate(tasks)), max(1, len(tasks))).flatMap(lambda t: _read(files_t, t))
+    items.persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        # Pass 1: the small things every patient may need (side tables), read counts and read errors.
+        counts: Counter[str] = Counter()
+        side_rows = []
+        for tag, *rest in items.filter(lambda x: x[0] in ("S", "C")).toLocalIterator():
+            if tag == "S":
+                side_rows.append(rest[0])
+            else:
+                counts.update(rest[0])
+        side_b = sc.broadcast(build_side_tables(side_rows))
+        del side_rows
+        result = EngineResult(read_counts=dict(sorted(counts.items())))
+        read_errors = _write_sorted(items.filter(lambda x: x[0] == "E").map(lambda x: (x[1], x[2])),
+                                    parts / "read.errors")
+        # Pass 2: group by patient, evaluate where the data is.
+        out = (items.filter(lambda x: x[0] == "R").map(lambda x: (x[1], x[2]))
+               .groupByKey(n_groups)
+               .mapPartitions(lambda g: _evaluate(g, side_b, rules, base_url, paths)))
+        out.persist(StorageLevel.MEMORY_AND_DISK)
+        try:
+            for _, p, e in out.filter(lambda x: x[0] == "N").collect():
+                result.patients += p
+                result.evaluated += e
+            findings = _write_sorted(out.filter(lambda x: x[0] == "F").map(lambda x: (x[1], x[2])),
+                                     parts / "spark.findings")
+            errors = _write_sorted(out.filter(lambda x: x[0] == "E").map(lambda x: (x[1], x[2])),
+                                   parts / "eval.errors")
+        finally:
+            out.unpersist()
+        result.finding_parts = [p for p in (findings,) if p]
+        result.error_parts = [p for p in (read_errors, errors) if p]
+        side_b.unpersist()
+        return result
+    finally:
+        items.unpersist()
