@@ -14,24 +14,28 @@ from .settings import ServiceSettings
 from .state import RuleState
 
 
-def _order_keys(draft_orders: dict[str, Any]) -> tuple[set[str], set[str]]:
-    """("Type/id" refs, bare ids) of the draft orders."""
-    refs, ids = set(), set()
+def _order_refs(draft_orders: dict[str, Any]) -> dict[str, str]:
+    """"Type/id" and bare id -> "Type/id", for every draft order that has an id."""
+    refs: dict[str, str] = {}
     for entry in draft_orders.get("entry") or []:
         res = entry["resource"]
         if isinstance(res.get("id"), str):
-            refs.add(f"{res['resourceType']}/{res['id']}")
-            ids.add(res["id"])
-    return refs, ids
+            ref = f"{res['resourceType']}/{res['id']}"
+            refs[ref] = ref
+            refs.setdefault(res["id"], ref)
+    return refs
 
 
-def check_selections(selections: list[str], draft_orders: dict[str, Any]) -> None:
+def resolve_selections(selections: list[str], draft_orders: dict[str, Any]) -> list[str]:
     """Each selection must name a draft order ("Type/id"; a bare id from older clients is accepted)."""
-    refs, ids = _order_keys(draft_orders)
+    refs = _order_refs(draft_orders)
+    out = []
     for i, sel in enumerate(selections):
-        if sel not in refs and sel not in ids:
+        if sel not in refs:
             raise ServiceError(400, Problem("selection does not name an order in context.draftOrders",
                                             ("context", "selections", i), code="value"))
+        out.append(refs[sel])
+    return out
 
 
 class HookHandler:
@@ -60,7 +64,7 @@ class HookHandler:
             if context.selections is None:
                 raise ServiceError(400, Problem("order-select requires context.selections",
                                                 ("context", "selections"), code="required"))
-            check_selections(context.selections, draft_orders)
+            raw_context = {**raw_context, "selections": resolve_selections(context.selections, draft_orders)}
         prefetch = await self._completer.complete(req, context, draft_orders)
 
         from ccsvi_cds.facts.hookrequest import resources_from_hook_request
@@ -73,7 +77,7 @@ class HookHandler:
         findings = result.findings
         cards, records = finalize([f.card for f in findings], [f.order_ref for f in findings],
                                   self._settings.legacy_delete_resource)
-        refs = sorted(_order_keys(draft_orders)[0])
+        refs = sorted(set(_order_refs(draft_orders).values()))
         self._store.submit_decision(DecisionRecord(
             hook_instance=req.hookInstance, service_id=service.id, hook=req.hook,
             patient_id=context.patientId, user_id=context.userId, encounter_id=context.encounterId,
