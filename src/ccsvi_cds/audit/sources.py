@@ -213,26 +213,23 @@ def discover(inputs: Sequence[str]) -> list[InputFile]:
     seen: set[str] = set()
     unique = []
     for f in files:  # the same file named twice would double every finding
-        real = os.path.realpath(_real_path(f))
+        real = os.path.realpath(f.path)
         if real not in seen:
             seen.add(real)
             unique.append(f)
     return unique
 
 
-def _real_path(f: InputFile) -> str:
-    return f.path
-
-
 # ---------------------------------------------------------------------------------------------- planning
 
 
-def digest_and_tasks(files: Sequence[InputFile], chunk_bytes: int = CHUNK_BYTES) -> tuple[list[str], list[ReadTask]]:
+def digest_and_tasks(files: Sequence[InputFile], chunk_bytes: int | None = None) -> tuple[list[str], list[ReadTask]]:
     """One pass over each file: its sha256 (for summary.json) and its read tasks.
 
     Plain NDJSON files are cut into ~``chunk_bytes`` tasks at newline boundaries, with the line number each
     task starts at, so that parallel readers still report true line numbers.
     """
+    chunk_bytes = chunk_bytes or CHUNK_BYTES
     digests: list[str] = []
     tasks: list[ReadTask] = []
     for idx, f in enumerate(files):

@@ -1,0 +1,216 @@
+"""Every input form the audit accepts, the reference spellings it joins on, and the per-patient join."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from audit_data import (jugular_angioplasty, linked_to, mri, ms, patient, read_ndjson, study, write_bundle,
+                        write_ndjson)
+
+from ccsvi_cds.audit import sources
+from ccsvi_cds.audit.references import normalise, patient_key, study_refs
+from ccsvi_cds.audit.run import AuditOptions, run_audit
+from ccsvi_cds.audit.sources import Record, digest_and_tasks, discover, read_task
+
+
+def audit(rules_dir: Path, out: Path, *inputs: Path | str, workers: int = 2) -> tuple[dict[str, Any], list, list]:
+    summary = run_audit(AuditOptions([str(i) for i in inputs], out, rules_dir, workers=workers))
+    return summary, read_ndjson(out / "findings.ndjson"), read_ndjson(out / "errors.ndjson")
+
+
+def two_patients() -> list[dict[str, Any]]:
+    """p1: MS and a jugular angioplasty order (fires); p2: an MRI referral (silent)."""
+    return [patient("p1"), ms("c1", "Patient/p1"), jugular_angioplasty("sr1", "Patient/p1"),
+            patient("p2"), mri("sr2", "Patient/p2")]
+
+
+# ------------------------------------------------------------------------------------------ references
+
+
+@pytest.mark.parametrize("ref", ["Patient/p1", "https://ehr.example.org/fhir/Patient/p1",
+                                 "Patient/p1/_history/3", "https://x.org/fhir/R4/Patient/p1/_history/2"])
+def test_reference_spellings_normalise_to_type_and_id(ref: str) -> None:
+    assert normalise(ref) == "Patient/p1"
+
+
+def test_urn_and_contained_references() -> None:
+    urls = {"urn:uuid:abc": "Patient/p9"}
+    assert normalise("urn:uuid:abc", urls) == "Patient/p9"
+    assert normalise("urn:uuid:other", urls) is None
+    assert normalise("#contained") is None
+    assert normalise(None) is None
+
+
+def test_patient_keys_r4_r5_and_study_links() -> None:
+    assert patient_key({"resourceType": "ResearchSubject", "individual": {"reference": "Patient/a"}}) == "Patient/a"
+    assert patient_key({"resourceType": "ResearchSubject", "subject": {"reference": "Patient/b"}}) == "Patient/b"
+    assert patient_key({"resourceType": "Patient", "id": "c"}) == "Patient/c"
+    assert patient_key({"resourceType": "Observation", "subject": {"reference": "Patient/a"}}) is None
+    sr = jugular_angioplasty("s", "Patient/a", **linked_to("st"))
+    assert study_refs(sr) == ["ResearchStudy/st"]
+    assert study_refs({"resourceType": "ResearchSubject", "study": {"reference": "ResearchStudy/x/_history/1"}}) \
+        == ["ResearchStudy/x"]
+
+
+# ------------------------------------------------------------------------------------------ input forms
+
+
+def _as_ndjson(d: Path) -> list[Path]:
+    return [write_ndjson(d / "all.ndjson", two_patients())]
+
+
+def _as_ndjson_gz(d: Path) -> list[Path]:
+    return [write_ndjson(d / "all.ndjson.gz", two_patients(), gz=True)]
+
+
+def _as_bundle(d: Path) -> list[Path]:
+    return [write_bundle(d / "bundle.json", two_patients(), urn=True)]
+
+
+def _as_bundle_absolute(d: Path) -> list[Path]:
+    return [write_bundle(d / "bundle.json", two_patients(), urn=False)]
+
+
+def _as_bulk_export(d: Path) -> list[Path]:
+    exp = d / "export"
+    by_type: dict[str, list[dict[str, Any]]] = {}
+    for r in two_patients():
+        by_type.setdefault(r["resourceType"], []).append(r)
+    output = []
+    for t, rs in by_type.items():
+        # several files per type, one of them gzip'd
+        write_ndjson(exp / f"{t}.1.ndjson", rs[:1])
+        output.append({"type": t, "url": f"https://ehr.example.org/bulk/{t}.1.ndjson"})
+        if len(rs) > 1:
+            write_ndjson(exp / f"{t}.2.ndjson.gz", rs[1:], gz=True)
+            output.append({"type": t, "url": f"https://ehr.example.org/bulk/{t}.2.ndjson.gz"})
+    (exp / "manifest.json").write_bytes(orjson.dumps({"transactionTime": "2025-01-01T00:00:00Z",
+                                                      "request": "x", "requiresAccessToken": True,
+                                                      "output": output, "error": []}))
+    (exp / "not-listed.ndjson").write_text("this file is not in the manifest and must be ignored\n")
+    return [exp]
+
+
+def _as_mixed_directory(d: Path) -> list[Path]:
+    root = d / "mixed"
+    res = two_patients()
+    write_bundle(root / "a" / "patients.json", [res[0], res[3]])
+    write_ndjson(root / "a" / "conditions.ndjson.gz", [res[1]], gz=True)
+    write_ndjson(root / "b" / "orders.ndjson", [res[2], res[4]])
+    (root / "README.txt").write_text("ignored: not a FHIR file name")
+    return [root]
+
+
+FORMS = {"ndjson": _as_ndjson, "ndjson.gz": _as_ndjson_gz, "bundle-urn-uuid": _as_bundle,
+         "bundle-absolute": _as_bundle_absolute, "bulk-export": _as_bulk_export, "directory": _as_mixed_directory}
+
+
+@pytest.mark.parametrize("form", sorted(FORMS))
+def test_each_input_form_gives_the_finding(form: str, tmp_path: Path, rules_dir: Path) -> None:
+    inputs = FORMS[form](tmp_path / "in")
+    summary, findings, errors = audit(rules_dir, tmp_path / "out", *inputs)
+    assert errors == []
+    assert [(f["serviceRequest"], f["patient"], f["rule"]) for f in findings] == \
+        [("ServiceRequest/sr1", "Patient/p1", "venous-angioplasty-ms")]
+    assert summary["read"]["byType"] == {"Condition": 1, "Patient": 2, "ServiceRequest": 2}
+    assert summary["serviceRequestsEvaluated"] == 2
+    src = findings[0]["source"]
+    assert Path(src["file"]).exists()
+    assert (src["line"] is not None) or (src["entry"] is not None)
+
+
+def test_large_bundle_is_streamed(tmp_path: Path, rules_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bundles above the in-memory limit go through ijson (two passes); same finding, entry provenance."""
+    monkeypatch.setattr(sources, "BUNDLE_IN_MEMORY_MAX", 0)  # inherited by the forked workers
+    path = write_bundle(tmp_path / "big.json", two_patients(), urn=True)
+    _, findings, errors = audit(rules_dir, tmp_path / "out", path)
+    assert errors == []
+    assert [f["rule"] for f in findings] == ["venous-angioplasty-ms"]
+    assert findings[0]["source"] == {"file": str(path), "line": None, "entry": 3}
+
+
+def test_ndjson_source_lines_are_exact_across_chunks(tmp_path: Path) -> None:
+    lines = [orjson.dumps(mri(f"s{i}", f"Patient/p{i}")) for i in range(500)]
+    lines[7] = b""  # blank lines count as lines
+    path = tmp_path / "many.ndjson"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    files = discover([str(path)])
+    _, tasks = digest_and_tasks(files, chunk_bytes=1000)
+    assert len(tasks) > 10
+    seen = {}
+    for t in tasks:
+        for rec in read_task(files, t):
+            assert isinstance(rec, Record)
+            seen[rec.resource["id"]] = rec.line
+    assert len(seen) == 499
+    assert all(seen[f"s{i}"] == i + 1 for i in range(500) if i != 7)
+
+
+def test_chunked_reading_end_to_end(tmp_path: Path, rules_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sources, "CHUNK_BYTES", 300)
+    filler = [mri(f"m{i}", f"Patient/q{i}") for i in range(200)]
+    path = write_ndjson(tmp_path / "in.ndjson", filler + [patient("p1"), ms("c1", "Patient/p1"),
+                                                           jugular_angioplasty("sr1", "Patient/p1")])
+    summary, findings, _ = audit(rules_dir, tmp_path / "out", path)
+    assert summary["read"]["total"] == 203
+    assert summary["serviceRequestsEvaluated"] == 201
+    assert findings[0]["source"]["line"] == 203
+
+
+def test_patient_joined_across_files_and_spellings(tmp_path: Path, rules_dir: Path) -> None:
+    """MS in one file, the order in a Bundle elsewhere, the trial enrolment in a third file: one patient."""
+    write_ndjson(tmp_path / "a" / "Condition.ndjson", [ms("c1", "https://ehr.example.org/fhir/Patient/p1")])
+    write_ndjson(tmp_path / "a" / "Condition.2.ndjson.gz", [ms("c2", "Patient/p2/_history/4")], gz=True)
+    write_bundle(tmp_path / "b" / "orders.json", [
+        patient("p1"), jugular_angioplasty("sr1", "Patient/p1"),
+        patient("p2"), jugular_angioplasty("sr2", "Patient/p2"),
+    ])
+    write_ndjson(tmp_path / "c" / "research.ndjson", [
+        study("trial", "active"),
+        {"resourceType": "ResearchSubject", "id": "rs2", "status": "on-study",
+         "study": {"reference": "ResearchStudy/trial"}, "individual": {"reference": "Patient/p2"}},
+    ])
+    _, findings, errors = audit(rules_dir, tmp_path / "out", tmp_path / "a", tmp_path / "b", tmp_path / "c")
+    assert errors == []
+    got = {(f["serviceRequest"], f["rule"]) for f in findings}
+    assert got == {("ServiceRequest/sr1", "venous-angioplasty-ms"), ("ServiceRequest/sr2", "ccsvi-trial")}
+    trial = next(f for f in findings if f["rule"] == "ccsvi-trial")
+    assert trial["card"]["indicator"] == "info"
+    assert trial["matched"]  # the facts that matched travel with the finding
+
+
+def test_study_linked_by_extension_is_attached(tmp_path: Path, rules_dir: Path) -> None:
+    write_ndjson(tmp_path / "in.ndjson", [
+        study("st-ok", "approved"), study("st-gone", "withdrawn"),
+        patient("p1"), ms("c1", "Patient/p1"), jugular_angioplasty("sr1", "Patient/p1", **linked_to("st-ok")),
+        patient("p2"), ms("c2", "Patient/p2"), jugular_angioplasty("sr2", "Patient/p2", **linked_to("st-gone")),
+    ])
+    _, findings, _ = audit(rules_dir, tmp_path / "out", tmp_path / "in.ndjson")
+    assert {(f["serviceRequest"], f["rule"]) for f in findings} == {
+        ("ServiceRequest/sr1", "ccsvi-trial"), ("ServiceRequest/sr2", "venous-angioplasty-ms")}
+
+
+def test_every_status_but_entered_in_error_is_evaluated(tmp_path: Path, rules_dir: Path) -> None:
+    statuses = ["draft", "active", "on-hold", "revoked", "completed", "unknown", "entered-in-error"]
+    res: list[dict[str, Any]] = [patient("p1"), ms("c1", "Patient/p1")]
+    res += [jugular_angioplasty(f"sr-{s}", "Patient/p1", status=s) for s in statuses]
+    write_ndjson(tmp_path / "in.ndjson", res)
+    summary, findings, _ = audit(rules_dir, tmp_path / "out", tmp_path / "in.ndjson")
+    assert summary["serviceRequestsEvaluated"] == len(statuses) - 1
+    assert sorted(f["status"] for f in findings) == sorted(s for s in statuses if s != "entered-in-error")
+
+
+def test_gzip_bundle_and_single_resource_json(tmp_path: Path, rules_dir: Path) -> None:
+    b = write_bundle(tmp_path / "b.json", two_patients())
+    gz = tmp_path / "b.json.gz"
+    gz.write_bytes(gzip.compress(b.read_bytes()))
+    b.unlink()
+    single = tmp_path / "one.json"
+    single.write_bytes(orjson.dumps(mri("sr9", "Patient/p9")))
+    summary, findings, _ = audit(rules_dir, tmp_path / "out", gz, single)
+    assert summary["read"]["byType"]["ServiceRequest"] == 3
+    assert [f["serviceRequest"] for f in findings] == ["ServiceRequest/sr1"]
