@@ -133,18 +133,18 @@ class JwtVerifier:
         return claims
 
     async def _key(self, issuer: TrustedIssuer, header: dict[str, Any]) -> jwt.PyJWK:
+        """The verification key: configured keys first, else the JWKS at an allowlisted URL."""
         jku = header.get("jku")
-        if jku is not None:
-            if jku not in issuer.jku:
-                raise unauthorized("JWT jku is not an allowed key location for this issuer")
-            url: str | None = jku
-        else:
-            url = None if issuer.iss in self._static else issuer.jku[0]
-        keys = self._static[issuer.iss] if url is None else await self._jwks.get(url)
-        kid = header.get("kid")
-        key = _find(keys, kid, header["alg"])
+        if jku is not None and jku not in issuer.jku:
+            raise unauthorized("JWT jku is not an allowed key location for this issuer")
+        kid, alg = header.get("kid"), header["alg"]
+        static = self._static.get(issuer.iss)
+        key = _find(static, kid, alg) if static is not None else None
+        url = jku or (issuer.jku[0] if issuer.jku else None)
         if key is None and url is not None:
-            key = _find(await self._jwks.get(url, refresh=True), kid, header["alg"])
+            key = _find(await self._jwks.get(url), kid, alg)
+            if key is None:  # the issuer may have rotated its keys: refetch (rate-limited)
+                key = _find(await self._jwks.get(url, refresh=True), kid, alg)
         if key is None:
             raise unauthorized("no key of the issuer matches the JWT kid/alg")
         return key
