@@ -65,6 +65,13 @@ class TrustedIssuer(BaseModel):
         for url in self.jku:
             if urlsplit(url).scheme not in ("http", "https"):
                 raise ValueError(f"jku {url!r} of issuer {self.iss!r} is not an http(s) URL")
+        if self.jwks is not None:
+            import jwt
+
+            try:
+                jwt.PyJWKSet.from_dict(self.jwks)
+            except jwt.PyJWTError as exc:
+                raise ValueError(f"jwks of issuer {self.iss!r} holds no usable key: {exc}") from None
         return self
 
 
