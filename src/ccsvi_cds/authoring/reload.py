@@ -1,0 +1,132 @@
+"""Hot reload of the rule pack in a running service: lint off to the side, swap only a valid pack.
+
+On a change under the pack folder: lint it in a worker thread (reading and validating files is pure Python,
+no engine); refuse it with every lint error logged if it has errors or if the files changed while being read
+(the next change event retries); otherwise let the state holder build the new Evaluator and swap it in on
+the event-loop thread (durable_rules must not be touched from two threads). The last good pack keeps serving
+until then, and a request reads the active pack once, so it never sees half of one and half of another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from ccsvi_cds.authoring.lint import LintResult, lint_pack
+from ccsvi_cds.rulepack.loader import EVIDENCE, MANIFEST, NOT_RULES, VALUESETS, RulePack, _digest
+
+log = logging.getLogger("ccsvi_cds.service")
+
+
+class RuleHolder(Protocol):
+    """What the reloader needs of the service's state (ccsvi_cds.service.state.RuleState)."""
+
+    @property
+    def current(self) -> Any: ...  # has .pack
+
+    def swap(self, pack: Any) -> Any: ...  # builds the Evaluator, then makes it active atomically
+
+
+@dataclass(frozen=True)
+class ReloadOutcome:
+    status: Literal["loaded", "refused", "unchanged", "unstable"]
+    version: str | None = None
+    digest: str | None = None
+    errors: tuple[str, ...] = ()
+    at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"status": self.status, "version": self.version, "digest": self.digest,
+                "errors": list(self.errors), "at": self.at}
+
+
+def files_digest(root: Path) -> str:
+    """The digest the loader would compute over the pack's files as they are on disk now."""
+    rels = [MANIFEST, EVIDENCE] if (root / EVIDENCE).is_file() else [MANIFEST]
+    if (root / VALUESETS).is_dir():
+        rels += [f"{VALUESETS}/{p.name}" for p in (root / VALUESETS).glob("*.json")]
+    rels += [p.name for p in root.glob("*.yaml") if p.name not in NOT_RULES]
+    try:
+        return _digest(root, dict.fromkeys(rels))  # type: ignore[arg-type]  # only the keys are read
+    except OSError:
+        return ""  # a file vanished mid-read: unstable
+
+
+def lint_stable(root: Path) -> tuple[LintResult, bool]:
+    """Lint the pack (no case evaluation: no engine off the loop thread); stable = no file changed meanwhile."""
+    before = files_digest(root)
+    result = lint_pack(root, run_case_inputs=False)
+    after = files_digest(root)
+    stable = result.pack is None or (before == after == result.pack.digest)
+    return result, stable
+
+
+class PackReloader:
+    """Watches `rules_dir` and swaps valid packs into `holder`; `last` is the latest outcome."""
+
+    def __init__(self, rules_dir: Path, holder: RuleHolder, *, debounce_ms: int = 300) -> None:
+        self.rules_dir = Path(rules_dir)
+        self.holder = holder
+        self.debounce_ms = debounce_ms
+        self.last: ReloadOutcome | None = None
+        self._lock = asyncio.Lock()
+
+    async def reload_once(self) -> ReloadOutcome:
+        async with self._lock:  # one reload at a time; a burst of events collapses into sequential checks
+            outcome = await self._reload()
+        self.last = outcome
+        return outcome
+
+    async def _reload(self) -> ReloadOutcome:
+        result, stable = await asyncio.to_thread(lint_stable, self.rules_dir)
+        if not stable:
+            log.info("rule pack changed while being read; waiting for the next change",
+                     extra={"rules_dir": str(self.rules_dir)})
+            return ReloadOutcome("unstable")
+        if not result.ok or result.pack is None:
+            errors = tuple(str(p) for p in result.errors)
+            for line in errors:
+                log.error("rule pack refused: %s", line, extra={"rules_dir": str(self.rules_dir)})
+            running = self.holder.current.pack
+            log.warning("rule pack reload refused; still serving the last good pack",
+                        extra={"errors": len(errors), "version": running.version, "digest": running.digest})
+            return ReloadOutcome("refused", errors=errors)
+        pack: RulePack = result.pack
+        if pack.digest == self.holder.current.pack.digest:
+            return ReloadOutcome("unchanged", pack.version, pack.digest)
+        try:
+            self.holder.swap(pack)  # on the event-loop thread: builds the engine, then one assignment
+        except Exception as exc:  # noqa: BLE001 - the engine refused it: keep serving the old pack
+            log.error("rule pack reload failed to compile; still serving the last good pack",
+                      extra={"error": f"{type(exc).__name__}: {exc}"[:300]})
+            return ReloadOutcome("refused", pack.version, pack.digest, (f"compile: {exc}",))
+        log.info("rule pack reloaded", extra={"pack": pack.name, "version": pack.version, "digest": pack.digest,
+                                              "warnings": len(result.warnings)})
+        return ReloadOutcome("loaded", pack.version, pack.digest)
+
+    async def watch(self, stop_event: asyncio.Event | None = None) -> None:
+        """Reload on every batch of changes to *.yaml / *.json under the pack folder until `stop_event`."""
+        from watchfiles import awatch
+
+        def relevant(_change: Any, path: str) -> bool:
+            return path.endswith((".yaml", ".yml", ".json"))
+
+        log.info("watching the rule pack for changes", extra={"rules_dir": str(self.rules_dir)})
+        async for _changes in awatch(self.rules_dir, watch_filter=relevant, debounce=self.debounce_ms,
+                                     stop_event=stop_event):
+            try:
+                await self.reload_once()
+            except Exception as exc:  # noqa: BLE001 - a reload bug must not stop the watcher or the service
+                log.error("rule pack reload crashed", extra={"error": f"{type(exc).__name__}: {exc}"[:300]})
+
+
+def start_watcher(rules_dir: Path, holder: RuleHolder) -> tuple[PackReloader, asyncio.Task[None], asyncio.Event]:
+    """Start watching in the running loop; set the event (then await the task) to stop."""
+    reloader = PackReloader(rules_dir, holder)
+    stop = asyncio.Event()
+    task = asyncio.create_task(reloader.watch(stop), name="rule-pack-watcher")
+    return reloader, task, stop
