@@ -143,7 +143,16 @@ async def health(request: Request, rt: Runtime) -> Response:
     return json_response({"status": "ok" if ok else "starting",
                           "rulePack": rt.rules.current.describe() if ok else None,
                           "auth": "jwt" if rt.verifier is not None else "off",
+                          "rulePackReload": _reload_status(request),
                           "pid": os.getpid()}, 200 if ok else 503)
+
+
+def _reload_status(request: Request) -> dict[str, Any] | None:
+    """Hot reload: off (None), or watching with the latest outcome (e.g. a refused edit and its errors)."""
+    reloader = getattr(request.app.state, "reloader", None)
+    if reloader is None:
+        return None
+    return {"watching": True, "last": reloader.last.to_json() if reloader.last else None}
 
 
 async def http_error(request: Request, exc: Exception) -> Response:
@@ -195,12 +204,22 @@ def create_app(settings: ServiceSettings | None = None) -> Starlette:
         verifier = JwtVerifier(settings, client, replay) if settings.auth_enabled else None
         hooks = HookHandler(settings, rules, store, PrefetchCompleter(settings, client))
         app.state.runtime = Runtime(settings, rules, store, client, verifier, hooks)
+        watcher = None
+        if settings.reload_rules:  # hot reload (authoring/reload.py): only a linted, valid pack is swapped in
+            from ccsvi_cds.authoring.reload import start_watcher
+
+            watcher = start_watcher(settings.rules_dir, rules)
+        app.state.reloader = watcher[0] if watcher else None
         pack = rules.current.describe()
         log.info("worker ready", extra={"pid": os.getpid(), "pack": pack["name"], "version": pack["version"],
                                         "auth": "jwt" if verifier else "off"})
         try:
             yield
         finally:
+            if watcher is not None:
+                watcher[2].set()
+                watcher[1].cancel()
+                await asyncio.gather(watcher[1], return_exceptions=True)
             await client.aclose()
             store.close()
             replay.close()

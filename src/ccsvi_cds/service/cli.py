@@ -29,9 +29,11 @@ from .settings import CONFIG_FILE_ENV, ENV_PREFIX, ServiceSettings, is_loopback
 @click.option("--base-url", help="Public URL of the service as the EHR sees it (JWT aud).")
 @click.option("--insecure-no-auth", is_flag=True, default=None,
               help="Turn JWT authentication off even on non-loopback addresses (never in production).")
+@click.option("--reload-rules/--no-reload-rules", "reload_rules", default=None,
+              help="Watch the rule pack and hot-reload valid edits (invalid ones are refused and logged).")
 def serve(host: str | None, port: int | None, rules_dir: Path | None, allow_fhir_servers: tuple[str, ...],
           workers: int | None, config_file: Path | None, db_path: Path | None, base_url: str | None,
-          insecure_no_auth: bool | None) -> None:
+          insecure_no_auth: bool | None, reload_rules: bool | None) -> None:
     """Start the CDS Hooks 2.0 service (discovery, order-select, order-sign, feedback)."""
     import uvicorn
 
@@ -41,7 +43,7 @@ def serve(host: str | None, port: int | None, rules_dir: Path | None, allow_fhir
         os.environ[CONFIG_FILE_ENV] = str(config_file.resolve())
     overrides = {"host": host, "port": port, "rules_dir": rules_dir and rules_dir.resolve(), "workers": workers,
                  "db_path": db_path and db_path.resolve(), "base_url": base_url,
-                 "insecure_no_auth": insecure_no_auth,
+                 "insecure_no_auth": insecure_no_auth, "reload_rules": reload_rules,
                  "allow_fhir_servers": list(allow_fhir_servers) or None}
     for key, value in overrides.items():
         if value is not None:

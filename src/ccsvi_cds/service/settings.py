@@ -111,6 +111,9 @@ class ServiceSettings(BaseSettings):
     legacy_delete_resource: bool = False
     """Also emit `resource: "Type/id"` in delete actions, as CDS Hooks 1.0 clients expect."""
     log_level: str = "info"
+    reload_rules: bool = False
+    """Watch rules_dir and hot-reload the pack: a changed pack is linted off to the side and swapped in only
+    if valid; an invalid one is refused (lint errors logged) and the last good pack keeps serving."""
 
     @field_validator("allow_fhir_servers", "cors_origins", mode="before")
     @classmethod
