@@ -141,6 +141,10 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _issue_reason(message: str) -> str:
+    return message if message.startswith("dangling reference") else f"invalid resource: {message}"
+
+
 def evaluate_patient(
     key: str,
     rows: Sequence[Row],
@@ -173,16 +177,13 @@ def evaluate_patient(
               if r.startswith("ServiceRequest/") and res.get("status") != ENTERED_IN_ERROR]
     if not orders:
         return out
-    # Attach the referenced studies; report dangling references but evaluate the patient anyway.
+    # Attach the referenced studies. A missing one is reported by the evaluator itself (as an issue, below)
+    # and the patient is still evaluated; the audit adds the check the evaluator has no reason to make.
     studies: dict[str, dict[str, Any]] = {}
     for ref, res in resources.items():
         for sref in study_refs(res):
             if sref in side.studies:
                 studies[sref] = side.studies[sref]
-            else:
-                row = where[ref]
-                out.errors.append(error_line(file_paths[row.file_index], row.file_index, row.line or None,
-                                             row.entry or None, f"dangling reference: {sref} not found", ref))
         if ref.startswith("ServiceRequest/"):
             for rr in res.get("reasonReference") or ():
                 target = ref_of(rr)
@@ -190,7 +191,7 @@ def evaluate_patient(
                     row = where[ref]
                     out.errors.append(error_line(
                         file_paths[row.file_index], row.file_index, row.line or None, row.entry or None,
-                        f"dangling reference: {target} not found for this patient", ref))
+                        f"dangling reference to {target} (not found for this patient)", ref))
     # Each resource travels with its "Type/id" as path, so issues and findings point back to their row.
     batch = [(ref, res) for ref, res in resources.items()] + [(s, studies[s]) for s in sorted(studies)]
     result = evaluator.evaluate(batch)
@@ -200,7 +201,7 @@ def evaluate_patient(
         path = str(getattr(issue, "path", "") or "")
         row = next((where[r] for r in (path.split(".", 1)[0], path.split("[", 1)[0]) if r in where), first_order)
         out.errors.append(error_line(file_paths[row.file_index], row.file_index, row.line or None,
-                                     row.entry or None, f"invalid resource: {issue.message}", path or None))
+                                     row.entry or None, _issue_reason(issue.message), path or None))
     for seq, f in enumerate(result.findings):
         order_ref = f.order_ref
         row = where.get(order_ref, first_order)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import io
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -97,11 +96,20 @@ def _open(path: str | Path, gz: bool) -> BinaryIO:
 
 
 def _head(path: Path, gz: bool, n: int = _SNIFF_BYTES) -> bytes:
+    """The first ``n`` bytes (decompressed). A gzip file cut short still has a readable head: the damage
+    is then reported per record while reading, not as an unreadable input."""
+    data = b""
     try:
         with _open(path, gz) as f:
-            return f.read(n)
-    except (OSError, EOFError) as exc:
-        raise InputError(f"{path}: cannot read ({exc.__class__.__name__}: {exc})") from exc
+            while len(data) < n and (block := f.read(min(65536, n - len(data)))):
+                data += block
+    except EOFError:
+        if not data:
+            raise InputError(f"{path}: cannot read (gzip stream ends before any data)") from None
+    except (OSError, gzip.BadGzipFile) as exc:
+        if not data:
+            raise InputError(f"{path}: cannot read ({exc.__class__.__name__}: {exc})") from exc
+    return data
 
 
 def _looks_like_fhir_line(line: bytes) -> bool:
@@ -272,7 +280,16 @@ def read_task(files: Sequence[InputFile], task: ReadTask) -> Iterator[Record | B
 def _iter_lines(f: InputFile, task: ReadTask) -> Iterator[bytes]:
     with _open(f.path, f.gzip) as fh:
         if f.gzip:
-            yield from io.BufferedReader(fh, 1 << 20)  # type: ignore[arg-type]
+            # Small reads: on a truncated stream, everything up to the cut is still returned; the partial
+            # last line is dropped and the truncation reported (EOFError) by the caller.
+            buf = b""
+            while block := fh.read(1 << 16):
+                parts = (buf + block).split(b"\n")
+                buf = parts.pop()
+                for p in parts:
+                    yield p + b"\n"
+            if buf:
+                yield buf
             return
         fh.seek(task.start)
         remaining = (task.end - task.start) if task.end >= 0 else None
