@@ -45,12 +45,20 @@ def describe_pattern(alias: str, pattern: FactPattern, order_alias: str) -> str:
     return f"{who}: " + ("; and ".join(parts) if parts else "any")
 
 
+def describe_condition(when: object) -> str:
+    """A suggestion's condition: {alias: {field: values}} in words (or an older Jinja2 expression as is)."""
+    if isinstance(when, dict):
+        return " and ".join(f"{FACT_NAMES.get(alias, alias)}: {_clause(where)}" for alias, where in when.items())
+    return str(when or "")
+
+
 @dataclass(frozen=True)
 class RuleDoc:
     rule: Rule
     alternatives: list[list[str]]
     evidence: list[dict[str, Any]]
     override_reasons: list[str]
+    suggestions: list[dict[str, Any]]
     links: list[dict[str, str]]
     cases: list[dict[str, Any]]
 
@@ -68,8 +76,10 @@ def _rule_doc(pack: RulePack, rule: Rule, cases: list[dict[str, Any]]) -> RuleDo
             links.append({"label": pack_links[link_id].label, "url": pack_links[link_id].url})
         elif link_id in pack.evidence and pack.evidence[link_id].link:
             links.append({"label": pack.evidence[link_id].label, "url": str(pack.evidence[link_id].link)})
-    return RuleDoc(rule, alternatives, evidence, [reasons.get(r, r) for r in rule.card.override_reasons], links,
-                   cases)
+    suggestions = [{"label": s.label, "recommended": s.recommended, "when": describe_condition(s.when)}
+                   for s in rule.card.suggestions]
+    return RuleDoc(rule, alternatives, evidence, [reasons.get(r, r) for r in rule.card.override_reasons],
+                   suggestions, links, cases)
 
 
 def catalogue_context(pack: RulePack) -> dict[str, Any]:

@@ -89,8 +89,8 @@ def check_templates(pack: RulePack, rule: Rule, doc: SourceDoc) -> list[Problem]
     kinds, unbound = _alias_kinds(rule)
     problems: list[Problem] = []
     sources: list[tuple[tuple[object, ...], str]] = [(("card", "detail"), rule.card.detail)]
-    sources += [(("card", "suggestions", j, "when"), "{{ " + s.when + " }}")
-                for j, s in enumerate(rule.card.suggestions) if s.when]
+    sources += [(("card", "suggestions", j, "when"), "{{ " + s.when + " }}")  # older packs: a Jinja2 expression
+                for j, s in enumerate(rule.card.suggestions) if isinstance(s.when, str) and s.when]
     for loc, source in sources:
         try:
             ast = env.parse(source)
@@ -102,8 +102,9 @@ def check_templates(pack: RulePack, rule: Rule, doc: SourceDoc) -> list[Problem]
             line, col = _position(doc, loc, use.line, use.token, lines)
             return Problem(doc.display, line, col, message, hint, severity)
 
-        for use in _uses(ast):
-            if use.name in local or use.name in env.globals:
+        reported: set[str] = set()  # an unknown or unbound name once per template, at its first use
+        for use in sorted(_uses(ast), key=lambda u: u.line):
+            if use.name in local or use.name in env.globals or use.name in reported:
                 continue
             names = sorted(set(kinds) | set(ALWAYS_BOUND))
             if use.name in ALWAYS_BOUND:
@@ -116,10 +117,12 @@ def check_templates(pack: RulePack, rule: Rule, doc: SourceDoc) -> list[Problem]
                                             "that alternative matches",
                                        f"bind '{use.name}' in every alternative or guard it with "
                                        f"{{% if {use.name} is defined %}}"))
+                    reported.add(use.name)
                     continue
             else:
                 problems.append(at(use, f"unknown name '{use.name}' in the template",
                                    f"use one of: {', '.join(names)} (or cite(...))"))
+                reported.add(use.name)
                 continue
             if use.field is None:
                 continue
