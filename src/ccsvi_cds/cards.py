@@ -9,7 +9,7 @@ from typing import Any
 
 from ccsvi_cds.rulepack.loader import RulePack
 from ccsvi_cds.rulepack.model import Rule
-from ccsvi_cds.rulepack.templates import template_env
+from ccsvi_cds.rulepack.templates import inline_citations, template_env
 
 OVERRIDE_SYSTEM = "urn:ccsvi-cds:override-reason"
 EXTENSION_PREFIX = "org.ccsvi-cds"
@@ -26,13 +26,7 @@ class CardBuilder:
         self.pack = pack
         self.base_url = base_url.rstrip("/")
         self.env = template_env(pack.evidence)
-        self._details = {r.id: self.env.from_string(r.card.detail) for r in pack.rules}
-        self._conditions = {
-            (r.id, i): self.env.compile_expression(s.when)
-            for r in pack.rules
-            for i, s in enumerate(r.card.suggestions)
-            if s.when
-        }
+        self._details = {r.id: self.env.from_string(inline_citations(r.card.detail, pack.evidence)) for r in pack.rules}
         self._reasons = {r.code: r for r in pack.manifest.override_reasons}
         self._links = {link.id: link for link in pack.manifest.links}
 
@@ -50,8 +44,7 @@ class CardBuilder:
         }
         suggestions = []
         for i, s in enumerate(spec.suggestions):
-            condition = self._conditions.get((rule.id, i))
-            if condition is not None and not condition(**facts):
+            if not _holds(s.when, facts):
                 continue
             suggestion: dict[str, Any] = {
                 "label": s.label,
@@ -113,6 +106,13 @@ class CardBuilder:
         citation = self.pack.evidence[link_id]
         assert citation.link is not None  # the loader refuses links without a verified identifier
         return {"label": citation.label, "url": citation.link, "type": "absolute"}
+
+
+def _holds(when: Mapping[str, Mapping[str, list[str]]], facts: Mapping[str, Mapping[str, Any]]) -> bool:
+    return all(
+        alias in facts and all(facts[alias].get(name) in values for name, values in where.items())
+        for alias, where in when.items()
+    )
 
 
 def _tidy(markdown: str) -> str:

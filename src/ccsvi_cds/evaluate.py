@@ -17,7 +17,7 @@ from ccsvi_cds.facts.classify import compile_classifiers
 from ccsvi_cds.facts.extract import Issue, group_by_patient, project_group
 from ccsvi_cds.facts.fhir import Located, Resource, flatten, normalize_reference
 from ccsvi_cds.facts.validate import validation_errors
-from ccsvi_cds.rulepack.compiler import compile_rules, rule_id_of
+from ccsvi_cds.rulepack.compiler import admission_filter, compile_rules, rule_id_of
 from ccsvi_cds.rulepack.loader import RulePack
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8080"
@@ -64,6 +64,15 @@ class Evaluator:
         self._engine = RuleEngine(compile_rules(pack.rules), name=pack.name)
         self._cards = CardBuilder(pack, base_url)
         self._rules = {r.id: r for r in pack.rules}
+        self._priority = {r.id: r.priority for r in pack.rules}
+        admit = admission_filter(pack.rules)
+        self._admit = {kind: tuple(fields.items()) for kind, fields in admit.items()}
+
+    def _admitted(self, fact: dict[str, Any]) -> bool:
+        constraints = self._admit.get(fact["kind"])
+        if constraints is None:
+            return False  # no rule mentions this kind of fact
+        return all(fact.get(name) in allowed for name, allowed in constraints)
 
     def evaluate(self, resources: Iterable[Resource | Located | tuple[str, Resource]],
                  targets: Collection[str] | None = None, *, default_patient: str | None = None,
@@ -90,11 +99,13 @@ class Evaluator:
             if not group.orders:
                 continue
             result.orders_evaluated += len(group.orders)
-            matches = self._engine.run(group.facts)
+            facts = [f for f in group.facts if self._admitted(f)]
+            if not any(f["kind"] == "order" for f in facts):
+                continue
+            matches = self._engine.run(facts)
             result.findings.extend(self._findings(group, matches, base_url))
-        priority = {r.id: r.priority for r in self.pack.rules}
         result.findings.sort(key=lambda f: (f.patient_ref or "", f.order_ref, SEVERITY[f.indicator],
-                                            priority[f.rule_id], f.rule_id))
+                                            self._priority[f.rule_id], f.rule_id))
         return result
 
     def _validated(self, located: list[Located], issues: list[Issue]) -> list[Located]:

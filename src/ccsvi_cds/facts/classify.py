@@ -9,29 +9,36 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ccsvi_cds.facts.fhir import Coded, Coding
 from ccsvi_cds.rulepack.loader import RulePack
+
+CACHE_SIZE = 50_000
 
 
 @dataclass(frozen=True)
 class CompiledClassifier:
     default: str
     by_code: tuple[tuple[str, frozenset[Coding]], ...]
-    by_text: tuple[tuple[str, re.Pattern[str]], ...]
+    text_values: tuple[str, ...]  # value of each named group g0, g1, ... in priority order
+    text_pattern: re.Pattern[str] | None  # one alternation: a single scan of the text finds every entry
 
     def classify(self, coded: Coded, known: frozenset[Coding]) -> str:
         codes = [c for c, _ in coded.codings]
-        for value, members in self.by_code:
-            if any(c in members for c in codes):
-                return value
-        texts = coded.texts + [display for c, display in coded.codings if display and c not in known]
-        if texts:
-            blob = "\n".join(texts)
-            for value, pattern in self.by_text:
-                if pattern.search(blob):
+        if codes:
+            for value, members in self.by_code:
+                if any(c in members for c in codes):
                     return value
+        texts = coded.texts + [display for c, display in coded.codings if display and c not in known]
+        if texts and self.text_pattern is not None:
+            best = len(self.text_values)
+            for m in self.text_pattern.finditer("\n".join(texts)):
+                best = min(best, int(m.lastgroup[1:]))  # type: ignore[index]
+                if best == 0:
+                    break
+            if best < len(self.text_values):
+                return self.text_values[best]
         return self.default
 
 
@@ -40,8 +47,18 @@ class Classifiers:
     by_name: dict[str, CompiledClassifier]
     known_codes: frozenset[Coding]  # every coding in any value set of the pack
 
+    cache: dict[tuple[object, ...], str] = field(default_factory=dict, compare=False, repr=False)
+
     def __call__(self, name: str, coded: Coded) -> str:
-        return self.by_name[name].classify(coded, self.known_codes)
+        """Memoised: clinical data repeats the same few codes and texts endlessly, and this is pure."""
+        key = (name, tuple(coded.codings), tuple(coded.texts))
+        value = self.cache.get(key)
+        if value is None:
+            value = self.by_name[name].classify(coded, self.known_codes)
+            if len(self.cache) >= CACHE_SIZE:
+                self.cache.clear()
+            self.cache[key] = value
+        return value
 
     def in_valueset(self, codings: Iterable[Coding], members: frozenset[Coding]) -> bool:
         return any(c in members for c in codings)
@@ -55,11 +72,11 @@ def compile_classifiers(pack: RulePack) -> Classifiers:
             for entry in spec.values
             if entry.code
         )
-        by_text = tuple(
-            (entry.value, re.compile("|".join(f"(?:{p})" for p in entry.text), re.IGNORECASE))
-            for entry in spec.values
-            if entry.text
+        texts = [entry for entry in spec.values if entry.text]
+        alternation = "|".join(
+            f"(?P<g{i}>{'|'.join(f'(?:{p})' for p in entry.text)})" for i, entry in enumerate(texts)
         )
-        compiled[name] = CompiledClassifier(spec.default, by_code, by_text)
+        pattern = re.compile(alternation, re.IGNORECASE) if texts else None
+        compiled[name] = CompiledClassifier(spec.default, by_code, tuple(e.value for e in texts), pattern)
     known = frozenset(c for vs in pack.valuesets.values() for c in vs.codes)
     return Classifiers(compiled, known)

@@ -70,7 +70,7 @@ def patient_of(resource: Resource, path: str, aliases: dict[str, str]) -> str | 
 
 def group_by_patient(located: list[Located], aliases: dict[str, str], default_patient: str | None,
                      issues: list[Issue]) -> tuple[dict[str | None, PatientGroup], dict[str, Located]]:
-    """Patient groups, plus the shared (not patient-keyed) resources such as ResearchStudy, by ref."""
+    """Patient groups, plus every resource by ref (ResearchStudy and explicitly referenced ones resolve there)."""
     groups: dict[str | None, PatientGroup] = {}
     shared: dict[str, Located] = {}
     for item in located:
@@ -87,8 +87,8 @@ def group_by_patient(located: list[Located], aliases: dict[str, str], default_pa
         if not isinstance(res.get("id"), str) or not res["id"]:
             issues.append(Issue(f"{item.path}.id", f"{rtype} without an id cannot be referenced or reported"))
             continue
+        shared[f"{rtype}/{res['id']}"] = item  # resolvable by explicit reference from any group
         if rtype == "ResearchStudy":
-            shared[f"ResearchStudy/{res['id']}"] = item
             continue
         try:
             patient = patient_of(res, item.path, aliases) or default_patient

@@ -309,9 +309,24 @@ def _check_rule(rule: Rule, doc: SourceDoc, manifest: PackManifest, evidence: di
         line, col = doc.locate(("card", "detail"))
         problems.append(Problem(doc.display, line + exc.lineno, col, f"detail template: {exc.message}",
                                 "check the {{ }} and {% %} blocks"))
+    bound = {"order": "order", "patient": "patient"}
+    for alternative in rule.when:
+        bound.update({alias: pattern.fact for alias, pattern in alternative.items()})
     for j, suggestion in enumerate(card.suggestions):
-        if suggestion.when:
-            try:
-                env.compile_expression(suggestion.when)
-            except TemplateSyntaxError as exc:
-                problems.append(doc.problem(("card", "suggestions", j, "when"), f"invalid expression: {exc.message}"))
+        for alias, where in suggestion.when.items():
+            loc = ("card", "suggestions", j, "when", alias)
+            kind = bound.get(alias)
+            if kind is None:
+                problems.append(doc.problem(loc, f"unknown alias '{alias}'",
+                                            f"use one of: {', '.join(sorted(bound))}"))
+                continue
+            for fieldname, values in where.items():
+                if fieldname not in MATCHABLE[kind]:
+                    problems.append(doc.problem(loc + (fieldname,), f"{kind} facts have no field '{fieldname}'",
+                                                f"use one of: {', '.join(MATCHABLE[kind])}"))
+                    continue
+                domain = _domain(kind, fieldname, manifest)
+                for v in values:
+                    if domain is not None and v not in domain:
+                        problems.append(doc.problem(loc + (fieldname,), f"'{v}' is not a value of {kind}.{fieldname}",
+                                                    f"use one of: {', '.join(domain)}"))

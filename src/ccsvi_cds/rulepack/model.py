@@ -136,7 +136,10 @@ class Action(_Strict):
 class Suggestion(_Strict):
     label: str = Field(min_length=1)
     recommended: bool = False
-    when: str | None = Field(default=None, description="Jinja2 expression over the matched facts")
+    when: dict[str, Where] = Field(
+        default_factory=dict,
+        description="offer it only when these facts hold, e.g. {patient: {ms: [yes]}} (alias -> field -> values)",
+    )
     actions: list[Action] = Field(min_length=1)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 
 from jinja2.sandbox import SandboxedEnvironment
@@ -26,3 +27,20 @@ def template_env(evidence: Mapping[str, Citation]) -> SandboxedEnvironment:
 
     env.globals["cite"] = cite
     return env
+
+
+_CITE = re.compile(r"\{\{\s*cite\(\s*['\"]([a-z0-9-]+)['\"]\s*\)\s*\}\}")
+
+
+def inline_citations(source: str, evidence: Mapping[str, Citation]) -> str:
+    """Replace literal `{{ cite('id') }}` calls by their markdown once, at compile time.
+
+    Citations depend only on the pack, so rendering them per card would be wasted work on the hot path.
+    Unknown ids are left for `cite` to report.
+    """
+
+    def replace(m: re.Match[str]) -> str:
+        citation = evidence.get(m.group(1))
+        return m.group(0) if citation is None else "{% raw %}" + citation_markdown(citation) + "{% endraw %}"
+
+    return _CITE.sub(replace, source)

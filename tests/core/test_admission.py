@@ -1,0 +1,33 @@
+"""The admission filter only skips facts no rule could match: findings are identical with and without it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import ROOT
+
+from ccsvi_cds.evaluate import Evaluator
+from ccsvi_cds.facts.hookrequest import resources_from_hook_request
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "fhir_examples").glob("*.json")), ids=lambda p: p.name)
+def test_filter_never_changes_findings(pack, path, monkeypatch):
+    data = json.loads(path.read_text())
+    resources = resources_from_hook_request(data)[0] if "context" in data else [data]
+    filtered = Evaluator(pack).evaluate(resources)
+    unfiltered_evaluator = Evaluator(pack)
+    monkeypatch.setattr(unfiltered_evaluator, "_admitted", lambda fact: True)
+    unfiltered = unfiltered_evaluator.evaluate(resources)
+    assert [f.card for f in filtered.findings] == [f.card for f in unfiltered.findings]
+
+
+def test_unrelated_orders_never_reach_the_engine(pack, monkeypatch):
+    evaluator = Evaluator(pack)
+    seen: list[list[dict]] = []
+    original = evaluator._engine.run
+    monkeypatch.setattr(evaluator._engine, "run", lambda facts: seen.append(facts) or original(facts))
+    request = json.loads((ROOT / "fhir_examples" / "cds-hooks-order-sign.json").read_text())
+    result = evaluator.evaluate(resources_from_hook_request(request)[0])
+    assert result.orders_evaluated == 3 and len(result.findings) == 1
+    assert [f["ref"] for f in seen[0] if f["kind"] == "order"] == ["ServiceRequest/sr-3001"]
