@@ -36,6 +36,9 @@ def normalize_reference(ref: str | None, aliases: dict[str, str] | None = None) 
     """'Type/id' for relative, absolute, versioned (_history) and urn:uuid references; None if unresolvable."""
     if not ref or not isinstance(ref, str):
         return None
+    head, sep, tail = ref.partition("/")
+    if sep and head[:1].isupper() and tail and "/" not in tail and ":" not in head:
+        return ref  # already "Type/id": the common case, without the regex
     if ref.startswith("urn:"):
         return (aliases or {}).get(ref)
     if aliases and ref in aliases:
