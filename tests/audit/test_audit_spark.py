@@ -1,0 +1,48 @@
+"""The Spark engine (a real local[2] session) gives exactly the embedded engine's lines on the same input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from audit_data import jugular_angioplasty, linked_to, ms, patient, write_bundle, write_ndjson
+
+from ccsvi_cds.audit.run import AuditOptions, run_audit
+
+pytestmark = [pytest.mark.spark, pytest.mark.xdist_group("spark")]
+
+SAME = ("findings.ndjson", "findings.csv", "errors.ndjson")
+SAME_SUMMARY = ("read", "patients", "serviceRequestsEvaluated", "findings", "errors", "inputs", "rulePack")
+
+
+def both(rules_dir: Path, tmp: Path, inputs: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    emb = run_audit(AuditOptions(inputs, tmp / "embedded", rules_dir, engine="embedded", workers=2))
+    spk = run_audit(AuditOptions(inputs, tmp / "spark", rules_dir, engine="spark"))
+    return emb, spk
+
+
+def test_spark_matches_embedded_on_generated_export(spark: Any, tmp_path: Path, rules_dir: Path,
+                                                     small_export: Path) -> None:
+    emb, spk = both(rules_dir, tmp_path, [str(small_export)])
+    assert spk["engine"] == "spark" and emb["engine"] == "embedded"
+    for name in SAME:
+        assert (tmp_path / "spark" / name).read_bytes() == (tmp_path / "embedded" / name).read_bytes(), name
+    for key in SAME_SUMMARY:
+        assert spk[key] == emb[key], key
+    assert emb["findings"]["total"] > 0 and emb["read"]["total"] >= 6000
+
+
+def test_spark_matches_embedded_with_errors_and_bundles(spark: Any, tmp_path: Path, rules_dir: Path) -> None:
+    a = write_ndjson(tmp_path / "in" / "a.ndjson", [
+        patient("p1"), b"{not json", ms("c1", "Patient/p1"),
+        jugular_angioplasty("sr1", "Patient/p1", **linked_to("nowhere")),
+        {"resourceType": "ServiceRequest", "id": "orphan", "status": "active"},
+    ])
+    b = write_bundle(tmp_path / "in" / "b.json", [patient("p2"), ms("c2", "Patient/p2"),
+                                                    jugular_angioplasty("sr2", "Patient/p2", status="completed")])
+    emb, spk = both(rules_dir, tmp_path, [str(a), str(b)])
+    for name in SAME:
+        assert (tmp_path / "spark" / name).read_bytes() == (tmp_path / "embedded" / name).read_bytes(), name
+    assert emb["findings"]["total"] == 2 and emb["errors"]["total"] == 3
+    assert spk["errors"] == emb["errors"]
