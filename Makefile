@@ -14,10 +14,15 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/ccsvi-cds serve
+	$(BIN)/ccsvi-cds serve --reload-rules
 
 test: $(STAMP)
+	$(BIN)/ccsvi-cds rules lint rules
+	$(BIN)/ccsvi-cds rules test rules
 	$(BIN)/python -m pytest -n 2 --dist loadgroup
+
+lint-rules: $(STAMP)
+	$(BIN)/ccsvi-cds rules lint rules
 
 bench: $(STAMP)
 	$(BIN)/python -m bench $(BENCH)
