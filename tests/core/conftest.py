@@ -1,14 +1,13 @@
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
+from builders import ROOT
 
 from ccsvi_cds.evaluate import Evaluation, Evaluator
 from ccsvi_cds.rulepack import RulePack, load_pack
 
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="session")

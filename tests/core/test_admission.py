@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import ROOT
+from builders import ROOT
 
 from ccsvi_cds.evaluate import Evaluator
 from ccsvi_cds.facts.hookrequest import resources_from_hook_request

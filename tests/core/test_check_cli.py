@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from builders import ROOT
 
 EXAMPLES = ROOT / "fhir_examples"
 EXPECTED = {

@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from builders import ROOT
 
 from ccsvi_cds.rulepack import PackError, load_pack
 from ccsvi_cds.rulepack.compiler import compile_rules

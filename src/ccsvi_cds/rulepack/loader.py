@@ -152,14 +152,16 @@ def check_pack(root: Path | str) -> tuple[RulePack | None, list[Problem]]:
 
     if manifest is None:
         return None, problems
-    pack = RulePack(root, manifest, tuple(rules), evidence, valuesets, _digest(root, docs), docs)
+    pack = RulePack(root, manifest, tuple(rules), evidence, valuesets, _digest(root), docs)
     return pack, problems
 
 
-def _digest(root: Path, docs: dict[str, SourceDoc]) -> str:
+def _digest(root: Path) -> str:
+    """sha256 over every file of the pack (names and bytes): what a decision record can be traced back to."""
     h = hashlib.sha256()
-    for rel in sorted(docs):
-        h.update(rel.encode() + b"\0" + (root / rel).read_bytes() + b"\0")
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and not any(part.startswith(".") for part in
+                                                                              p.relative_to(root).parts)):
+        h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
     return h.hexdigest()
 
 
@@ -237,6 +239,12 @@ def _valueset(doc: SourceDoc, stem: str, problems: list[Problem]) -> ValueSetInd
 
 def _check_manifest(manifest: PackManifest, doc: SourceDoc, valuesets: dict[str, ValueSetIndex],
                     problems: list[Problem]) -> None:
+    for i, link in enumerate(manifest.links):
+        if link.url.startswith("{base_url}/patient-info/"):
+            page = link.url.removeprefix("{base_url}/patient-info/")
+            if not (doc.path.parent / "patient-info" / f"{page}.md").is_file():
+                problems.append(doc.problem(("links", i, "url"), f"patient page '{page}' does not exist",
+                                            f"add patient-info/{page}.md to the pack"))
     for name, classifier in manifest.classifiers.items():
         for i, entry in enumerate(classifier.values):
             for j, vs in enumerate(entry.code):
