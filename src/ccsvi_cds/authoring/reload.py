@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from ccsvi_cds.authoring.lint import LintResult, lint_pack
-from ccsvi_cds.rulepack.loader import EVIDENCE, MANIFEST, NOT_RULES, VALUESETS, RulePack, _digest
+from ccsvi_cds.rulepack.loader import RulePack
 
 log = logging.getLogger("ccsvi_cds.service")
 
@@ -44,25 +44,27 @@ class ReloadOutcome:
                 "errors": list(self.errors), "at": self.at}
 
 
-def files_digest(root: Path) -> str:
-    """The digest the loader would compute over the pack's files as they are on disk now."""
-    rels = [MANIFEST, EVIDENCE] if (root / EVIDENCE).is_file() else [MANIFEST]
-    if (root / VALUESETS).is_dir():
-        rels += [f"{VALUESETS}/{p.name}" for p in (root / VALUESETS).glob("*.json")]
-    rels += [p.name for p in root.glob("*.yaml") if p.name not in NOT_RULES]
-    try:
-        return _digest(root, dict.fromkeys(rels))  # type: ignore[arg-type]  # only the keys are read
-    except OSError:
-        return ""  # a file vanished mid-read: unstable
+def files_signature(root: Path) -> tuple[tuple[str, int, int], ...]:
+    """(path, size, mtime) of every file under the pack folder: equal before and after a read = a stable read.
+
+    Independent of which files the loader reads or how it digests them: any write in between shows up here.
+    """
+    out = []
+    for path in sorted(root.rglob("*")):
+        try:
+            st = path.stat()
+        except OSError:
+            continue  # vanished mid-scan: the next event re-checks
+        if path.is_file():
+            out.append((path.relative_to(root).as_posix(), st.st_size, st.st_mtime_ns))
+    return tuple(out)
 
 
 def lint_stable(root: Path) -> tuple[LintResult, bool]:
     """Lint the pack (no case evaluation: no engine off the loop thread); stable = no file changed meanwhile."""
-    before = files_digest(root)
+    before = files_signature(root)
     result = lint_pack(root, run_case_inputs=False)
-    after = files_digest(root)
-    stable = result.pack is None or (before == after == result.pack.digest)
-    return result, stable
+    return result, files_signature(root) == before
 
 
 class PackReloader:
@@ -109,14 +111,12 @@ class PackReloader:
         return ReloadOutcome("loaded", pack.version, pack.digest)
 
     async def watch(self, stop_event: asyncio.Event | None = None) -> None:
-        """Reload on every batch of changes to *.yaml / *.json under the pack folder until `stop_event`."""
-        from watchfiles import awatch
-
-        def relevant(_change: Any, path: str) -> bool:
-            return path.endswith((".yaml", ".yml", ".json"))
+        """Reload on every batch of changes under the pack folder until `stop_event` is set."""
+        from watchfiles import DefaultFilter, awatch
 
         log.info("watching the rule pack for changes", extra={"rules_dir": str(self.rules_dir)})
-        async for _changes in awatch(self.rules_dir, watch_filter=relevant, debounce=self.debounce_ms,
+        # every file counts (rules, value sets, patient pages...); DefaultFilter skips editor swap/backup files
+        async for _changes in awatch(self.rules_dir, watch_filter=DefaultFilter(), debounce=self.debounce_ms,
                                      stop_event=stop_event):
             try:
                 await self.reload_once()
