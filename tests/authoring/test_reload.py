@@ -102,7 +102,7 @@ class Load:
                 except Exception as exc:  # noqa: BLE001 - a failed request is the thing under test
                     self.errors.append(repr(exc))
 
-    def __enter__(self) -> Load:
+    def __enter__(self) -> Load:  # noqa: PYI034 - py3.11 Self not needed for a test helper
         for t in self._threads:
             t.start()
         return self

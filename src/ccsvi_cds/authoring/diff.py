@@ -180,9 +180,9 @@ class DiffReport:
             return f"{p.name} {p.version} ({p.digest[:12]})"
 
         lines = [f"old: {pack(self.old)}", f"new: {pack(self.new)}",
-                 f"replayed {len(self.records.hook_requests)} CDS Hooks request(s) and "
-                 f"{len(self.records.fhir)} FHIR resource(s) from {self.records.fhir_files} file(s); "
-                 f"orders evaluated: {self.orders[0]} old, {self.orders[1]} new"]
+                 (f"replayed {len(self.records.hook_requests)} CDS Hooks request(s) and "
+                  f"{len(self.records.fhir)} FHIR resource(s) from {self.records.fhir_files} file(s); "
+                  f"orders evaluated: {self.orders[0]} old, {self.orders[1]} new")]
         if self.issues[0] or self.issues[1]:
             lines.append(f"input issues (skipped data): {self.issues[0]} old, {self.issues[1]} new")
         changed = self.changed_orders

@@ -94,9 +94,9 @@ def catalogue_context(pack: RulePack) -> dict[str, Any]:
                                                "expected": expected or ["no card"],
                                                "fires": any(e.rule == c.rule for e in c.case.expect.cards)})
     classifiers = []
-    for name, spec in pack.manifest.classifiers.items():
-        classifiers.append({"name": name, "default": spec.default, "values": [
-            {"value": v.value, "valuesets": v.code, "text": v.text} for v in spec.values]})
+    for name, classifier in pack.manifest.classifiers.items():
+        classifiers.append({"name": name, "default": classifier.default, "values": [
+            {"value": v.value, "valuesets": v.code, "text": v.text} for v in classifier.values]})
     valuesets = [{"id": vs.id, "title": vs.title, "codes": [
         {"system": KNOWN_SYSTEMS.get(system, system), "code": code, "display": display}
         for (system, code), display in sorted(vs.codes.items())]} for vs in sorted(pack.valuesets.values(),

@@ -33,18 +33,13 @@ class Use:
 def _uses(ast: nodes.Template) -> Iterator[Use]:
     seen: set[int] = set()
     for node in ast.find_all((nodes.Getattr, nodes.Getitem)):
-        target = node.node
-        if not isinstance(target, nodes.Name):
-            continue
-        if isinstance(node, nodes.Getattr):
-            field = node.attr
-        elif isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str):
-            field = node.arg.value
-        else:
-            continue
-        seen.add(id(target))
-        yield Use(target.name, field, node.lineno, f"{target.name}.{field}" if isinstance(node, nodes.Getattr)
-                  else target.name)
+        if isinstance(node, nodes.Getattr) and isinstance(node.node, nodes.Name):
+            seen.add(id(node.node))
+            yield Use(node.node.name, node.attr, node.lineno, f"{node.node.name}.{node.attr}")
+        elif (isinstance(node, nodes.Getitem) and isinstance(node.node, nodes.Name)
+              and isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str)):
+            seen.add(id(node.node))
+            yield Use(node.node.name, node.arg.value, node.lineno, node.node.name)
     for name in ast.find_all(nodes.Name):
         if name.ctx == "load" and id(name) not in seen:
             yield Use(name.name, None, name.lineno, name.name)
@@ -83,14 +78,13 @@ def _alias_kinds(rule: Rule) -> tuple[dict[str, set[str]], dict[str, list[int]]]
 
 
 def check_templates(pack: RulePack, rule: Rule, doc: SourceDoc) -> list[Problem]:
-    """Problems in the rule's detail template and suggestion conditions."""
+    """Problems in the rule's detail template."""
     env = template_env(pack.evidence)
     lines = doc.path.read_text(encoding="utf-8").splitlines()
     kinds, unbound = _alias_kinds(rule)
     problems: list[Problem] = []
+    # suggestion conditions are declarative ({alias: {field: values}}) and checked by the loader
     sources: list[tuple[tuple[object, ...], str]] = [(("card", "detail"), rule.card.detail)]
-    sources += [(("card", "suggestions", j, "when"), "{{ " + s.when + " }}")  # older packs: a Jinja2 expression
-                for j, s in enumerate(rule.card.suggestions) if isinstance(s.when, str) and s.when]
     for loc, source in sources:
         try:
             ast = env.parse(source)
@@ -98,7 +92,8 @@ def check_templates(pack: RulePack, rule: Rule, doc: SourceDoc) -> list[Problem]
             continue  # the loader reports syntax errors
         local = _locals(ast)
 
-        def at(use: Use, message: str, hint: str, severity: str = "error") -> Problem:
+        def at(use: Use, message: str, hint: str, severity: str = "error",
+               loc: tuple[object, ...] = loc) -> Problem:
             line, col = _position(doc, loc, use.line, use.token, lines)
             return Problem(doc.display, line, col, message, hint, severity)
 
