@@ -309,3 +309,10 @@ def test_hook_instance_is_logged_but_no_patient_data(svc: Service) -> None:
     assert req["hookInstance"] in log
     for phi in (p.PATIENT, "sclerosis", "jugular", "Practitioner/dr-1"):
         assert phi not in log
+
+
+def test_legacy_delete_resource_for_cds_hooks_1_clients(service_factory: Any) -> None:
+    svc = service_factory({"CCSVI_LEGACY_DELETE_RESOURCE": "true"})
+    card = cards_of(svc.post(SIGN, p.order_sign()))[0]
+    deletes = [a for s in card["suggestions"] for a in s["actions"] if a["type"] == "delete"]
+    assert deletes and all(a["resource"] == a["resourceId"] == "ServiceRequest/sr-ijv-pta" for a in deletes)

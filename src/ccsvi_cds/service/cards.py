@@ -3,25 +3,21 @@ of what was returned (ids and digests only) for the decision log."""
 
 from __future__ import annotations
 
+import copy
 import uuid
 from typing import Any
 
 from .feedback_store import CardRecord, digest
 
 
-def prune(value: Any) -> Any:
-    """Drop None, "", [] and {} recursively: CDS Hooks forbids empty optional values."""
-    if isinstance(value, dict):
-        out = {}
-        for k, v in value.items():
-            v = prune(v)
-            if v is None or v == "" or v == [] or v == {}:
-                continue
-            out[k] = v
-        return out
-    if isinstance(value, list):
-        return [p for p in (prune(v) for v in value) if not (p is None or p == "" or p == [] or p == {})]
-    return value
+def _empty(value: Any) -> bool:
+    return value is None or value == "" or value == [] or value == {}
+
+
+def prune_top(card: dict[str, Any]) -> dict[str, Any]:
+    """A copy of `card` without empty top-level values (the card builder keeps nested parts non-empty;
+    the tests check whole responses). Cheap enough for every card on the hot path."""
+    return {k: v for k, v in card.items() if not _empty(v)}
 
 
 def _delete_target(card: dict[str, Any]) -> str | None:
@@ -38,10 +34,11 @@ def finalize(raw_cards: list[dict[str, Any]], order_refs: list[str | None] | Non
     cards: list[dict[str, Any]] = []
     records: list[CardRecord] = []
     for i, raw in enumerate(raw_cards):
-        card = prune(raw)
+        card = prune_top(raw)
         card["uuid"] = str(uuid.uuid4())
-        if legacy_delete_resource:
-            for suggestion in card.get("suggestions") or []:
+        if legacy_delete_resource and card.get("suggestions"):
+            card["suggestions"] = copy.deepcopy(card["suggestions"])
+            for suggestion in card["suggestions"]:
                 for action in suggestion.get("actions") or []:
                     if action.get("type") == "delete" and "resourceId" in action and "resource" not in action:
                         action["resource"] = action["resourceId"]  # CDS Hooks 1.0 named the target here

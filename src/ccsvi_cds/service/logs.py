@@ -3,9 +3,12 @@ never resource content, patient data, JWTs or access tokens."""
 
 from __future__ import annotations
 
+import atexit
 import logging
 import sys
+import threading
 import time
+from typing import TextIO
 
 import orjson
 
@@ -29,10 +32,57 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(out, default=str).decode()
 
 
+class BufferedHandler(logging.Handler):
+    """Formats on the caller's thread, writes from a background thread every `interval` s in one write.
+
+    A write per request on the event loop (stderr is line-buffered) stalls it when the disk is busy; a
+    thread woken per record costs GIL hand-offs. Errors are written at once; the rest at most `interval` late.
+    """
+
+    def __init__(self, stream: TextIO, interval: float = 0.2) -> None:
+        super().__init__()
+        self._stream = stream
+        self._lines: list[str] = []
+        self._write_lock = threading.Lock()
+        self._interval = interval
+        threading.Thread(target=self._loop, name="log-writer", daemon=True).start()
+        atexit.register(self.flush)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self._lines.append(self.format(record))
+        except Exception:  # noqa: BLE001
+            self.handleError(record)
+            return
+        if record.levelno >= logging.ERROR:
+            self.flush()
+
+    def flush(self) -> None:
+        with self._write_lock:
+            lines, self._lines = self._lines, []  # swap: appends from other threads go to the new list
+            if lines:
+                try:
+                    self._stream.write("\n".join(lines) + "\n")
+                    self._stream.flush()
+                except (OSError, ValueError):
+                    pass
+
+    def _loop(self) -> None:
+        while True:
+            time.sleep(self._interval)
+            self.flush()
+
+
+_handler: BufferedHandler | None = None
+
+
 def setup(level: str = "info") -> None:
     """JSON lines on stderr for the service's logger and uvicorn's error logger (its access log is off)."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter())
+    global _handler
+    if _handler is None:
+        _handler = BufferedHandler(sys.stderr)
+        _handler.setFormatter(JsonFormatter())
+    handler = _handler
     for name in (LOGGER_NAME, "uvicorn.error", "uvicorn"):
         logger = logging.getLogger(name)
         logger.handlers[:] = [handler]

@@ -1,0 +1,274 @@
+"""Load benchmark of the CDS Hooks service: latency p50/p95/p99 and throughput over HTTP on loopback.
+
+A realistic order-sign request (3 draft orders, one of them a jugular angioplasty that fires a card; prefetch
+with 5 Conditions) is sent by wrk (Debian package; installed with apt-get if missing) over keep-alive
+connections to `ccsvi-cds serve --workers 2` started here. Paced runs hold a request rate (a Lua script
+spaces each connection's requests on a wall-clock schedule); an unpaced run finds the maximum throughput.
+Every run is bounded in time (RUN_S) and so in count. Also reported: RSS of the service processes, the
+in-process cost of evaluation and of full FHIR validation per resource, and the same runs with validation on.
+
+Environment: BENCH_RATES (default "100,200,400,600,800"), BENCH_SECONDS (default 10), BENCH_WORKERS (2).
+Results: printed, and written to bench/out/service_load.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "bench" / "out"
+RATES = [int(r) for r in os.environ.get("BENCH_RATES", "100,200,400,600,800").split(",") if r]
+RUN_S = min(int(os.environ.get("BENCH_SECONDS", "10")), 60)
+WORKERS = int(os.environ.get("BENCH_WORKERS", "2"))
+CONNECTIONS = 8
+SIGN = "/cds-services/ccsvi-order-sign"
+
+LUA = r"""
+local ffi = require("ffi")
+ffi.cdef[[
+typedef struct { long tv_sec; long tv_usec; } timeval_t;
+int gettimeofday(timeval_t *tv, void *tz);
+]]
+local tv = ffi.new("timeval_t")
+local function now_ms()
+  ffi.C.gettimeofday(tv, nil)
+  return tonumber(tv.tv_sec) * 1000 + tonumber(tv.tv_usec) / 1000
+end
+
+local f = io.open(os.getenv("BENCH_BODY"), "rb")
+local body = f:read("*a")
+f:close()
+-- each wrk thread (its own Lua state) hands out send slots every `interval` ms to whichever of its
+-- connections asks next: the thread's rate is 1000/interval whatever the number of connections
+local interval = tonumber(os.getenv("BENCH_INTERVAL_MS") or "0")
+local next_at = nil
+local counter = 0
+
+wrk.method = "POST"
+wrk.body = body
+wrk.headers["Content-Type"] = "application/json"
+
+function setup(thread)
+  counter = counter + 1
+  thread:set("id", counter)
+end
+
+function init(args)
+  -- threads start staggered so that connections do not fire in lockstep
+  next_at = now_ms() + (id or 1) * 0.37
+end
+
+function delay()
+  if interval <= 0 then return 0 end
+  next_at = next_at + interval
+  local wait = next_at - now_ms()
+  if wait < 0 then return 0 end
+  return wait
+end
+
+function done(summary, latency, requests)
+  local errors = summary.errors.connect + summary.errors.read + summary.errors.write
+    + summary.errors.status + summary.errors.timeout
+  io.write(string.format(
+    "BENCHJSON {\"requests\": %d, \"duration_us\": %d, \"errors\": %d, \"non2xx\": %d, " ..
+    "\"p50_us\": %d, \"p95_us\": %d, \"p99_us\": %d, \"max_us\": %d, \"mean_us\": %.1f}\n",
+    summary.requests, summary.duration, errors, summary.errors.status,
+    latency:percentile(50), latency:percentile(95), latency:percentile(99), latency.max, latency.mean))
+end
+"""
+
+
+def ensure_wrk() -> str:
+    found = shutil.which("wrk")
+    if found:
+        return found
+    print("wrk not found: installing the Debian package", flush=True)
+    sudo = [] if os.geteuid() == 0 else ["sudo"]
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run([*sudo, "apt-get", "update", "-qq"], check=True, env=env)
+    subprocess.run([*sudo, "apt-get", "install", "-y", "-qq", "--no-install-recommends", "wrk"], check=True, env=env)
+    found = shutil.which("wrk")
+    if not found:
+        raise SystemExit("wrk is not available and could not be installed")
+    return found
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def request_body() -> bytes:
+    sys.path.insert(0, str(ROOT / "tests" / "service"))
+    import service_payloads  # noqa: PLC0415 - shared with the service tests
+
+    return json.dumps(service_payloads.order_sign()).encode()
+
+
+class Server:
+    def __init__(self, tmp: Path, validation: bool) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CCSVI_")}
+        env.update(CCSVI_DB_PATH=str(tmp / f"bench-{self.port}.sqlite3"), CCSVI_LOG_LEVEL="info",
+                   CCSVI_FHIR_VALIDATION="true" if validation else "false")
+        self.log = open(tmp / f"service-{self.port}.log", "wb")
+        cmd = [str(Path(sys.executable).parent / "ccsvi-cds"), "serve", "--port", str(self.port),
+               "--workers", str(WORKERS)]
+        self.proc = subprocess.Popen(cmd, env=env, stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(self.url + "/health", timeout=1).status_code == 200 and len(self.pids()) > WORKERS:
+                    return
+            except httpx.HTTPError:
+                pass
+            if self.proc.poll() is not None:
+                raise SystemExit("service exited during start-up; see its log")
+            time.sleep(0.2)
+        raise SystemExit("service did not start")
+
+    def pids(self) -> list[int]:
+        """The uvicorn supervisor and its worker processes."""
+        out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(self.proc.pid)], capture_output=True, text=True)
+        children = [int(x) for x in out.stdout.split()]
+        workers: list[int] = []
+        for child in children:  # multiprocessing may put a resource tracker or spawn helper in between
+            sub = subprocess.run(["ps", "-o", "pid=", "--ppid", str(child)], capture_output=True, text=True)
+            workers += [int(x) for x in sub.stdout.split()]
+        return [self.proc.pid, *children, *workers]
+
+    def rss_mb(self) -> dict[str, float]:
+        out = {}
+        for pid in self.pids():
+            try:
+                status = Path(f"/proc/{pid}/status").read_text()
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:60]
+            except OSError:
+                continue
+            match = re.search(r"VmRSS:\s+(\d+) kB", status)
+            if match:
+                out[f"{pid} {cmdline.strip()}"] = round(int(match.group(1)) / 1024, 1)
+        return out
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+
+
+def wrk_run(wrk: str, url: str, lua: Path, body: Path, rate: int | None, seconds: int,
+            connections: int = CONNECTIONS, threads: int = 1) -> dict[str, Any]:
+    interval = threads * 1000.0 / rate if rate else 0.0  # one schedule per wrk thread, shared by its connections
+    env = {**os.environ, "BENCH_BODY": str(body), "BENCH_INTERVAL_MS": f"{interval:.3f}"}
+    cmd = [wrk, f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s", "-s", str(lua), url + SIGN]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=seconds + 30)
+    line = next((ln for ln in done.stdout.splitlines() if ln.startswith("BENCHJSON ")), None)
+    if line is None:
+        raise SystemExit(f"wrk failed: {done.stdout}\n{done.stderr}")
+    stats = json.loads(line[len("BENCHJSON "):])
+    stats["target_rps"] = rate
+    stats["achieved_rps"] = round(stats["requests"] / (stats["duration_us"] / 1e6), 1)
+    for key in ("p50", "p95", "p99", "max"):
+        stats[f"{key}_ms"] = round(stats.pop(f"{key}_us") / 1000, 2)
+    return stats
+
+
+def in_process_costs(body: bytes) -> dict[str, float]:
+    """Per-request evaluation cost and per-resource full-validation cost, without HTTP."""
+    from ccsvi_cds.evaluate import Evaluator
+    from ccsvi_cds.facts.hookrequest import resources_from_hook_request
+    from ccsvi_cds.facts.validate import validation_errors
+    from ccsvi_cds.rulepack import load_pack
+
+    req = json.loads(body)
+    pack = load_pack(ROOT / "rules")
+    located, targets = resources_from_hook_request(req)
+    resources = [e["resource"] for e in req["context"]["draftOrders"]["entry"]]
+    resources += [e["resource"] for e in req["prefetch"]["conditions"]["entry"]]
+
+    def per_call(fn: Any, n: int) -> float:
+        for _ in range(min(n, 50)):
+            fn()
+        start = time.perf_counter()
+        for _ in range(n):
+            fn()
+        return (time.perf_counter() - start) / n * 1000
+
+    plain, validating = Evaluator(pack), Evaluator(pack, validate=True)
+    return {
+        "evaluate_ms": round(per_call(lambda: plain.evaluate(located, targets, default_patient="x"), 2000), 3),
+        "evaluate_with_validation_ms": round(
+            per_call(lambda: validating.evaluate(located, targets, default_patient="x"), 500), 3),
+        "validation_ms_per_resource": round(
+            per_call(lambda: [validation_errors(r, "r") for r in resources], 300) / len(resources), 3),
+        "resources_per_request": len(resources),
+    }
+
+
+def series(wrk: str, tmp: Path, lua: Path, body_file: Path, validation: bool, rates: list[int]) -> dict[str, Any]:
+    server = Server(tmp, validation)
+    try:
+        wrk_run(wrk, server.url, lua, body_file, 200, 2)  # warm-up (both workers, caches)
+        runs = []
+        for rate in rates:
+            stats = wrk_run(wrk, server.url, lua, body_file, rate, RUN_S)
+            runs.append(stats)
+            print(f"  {'validation ' if validation else ''}{rate:>5} req/s target: achieved {stats['achieved_rps']:>7} "
+                  f"p50 {stats['p50_ms']:>6} ms  p95 {stats['p95_ms']:>6} ms  p99 {stats['p99_ms']:>6} ms  "
+                  f"max {stats['max_ms']:>6} ms  errors {stats['errors']}", flush=True)
+        peak = wrk_run(wrk, server.url, lua, body_file, None, RUN_S, connections=16, threads=2)
+        print(f"  {'validation ' if validation else ''}unpaced (16 connections): {peak['achieved_rps']} req/s  "
+              f"p50 {peak['p50_ms']} ms  p99 {peak['p99_ms']} ms  errors {peak['errors']}", flush=True)
+        rss = server.rss_mb()
+        return {"paced": runs, "max": peak, "rss_mb": rss}
+    finally:
+        server.stop()
+
+
+def main() -> None:
+    wrk = ensure_wrk()
+    OUT.mkdir(parents=True, exist_ok=True)
+    body = request_body()
+    print(f"service_load: {WORKERS} workers, {os.cpu_count()} cores, request {len(body)} bytes, "
+          f"{RUN_S} s per run, {CONNECTIONS} keep-alive connections (paced)", flush=True)
+    with tempfile.TemporaryDirectory(prefix="ccsvi-bench-") as tmpdir:
+        tmp = Path(tmpdir)
+        lua = tmp / "pace.lua"
+        lua.write_text(LUA)
+        body_file = tmp / "order-sign.json"
+        body_file.write_bytes(body)
+        costs = in_process_costs(body)
+        print(f"  in-process: evaluate {costs['evaluate_ms']} ms/request; full FHIR validation "
+              f"{costs['validation_ms_per_resource']} ms/resource x {costs['resources_per_request']} "
+              f"(evaluate with validation {costs['evaluate_with_validation_ms']} ms)", flush=True)
+        default = series(wrk, tmp, lua, body_file, validation=False, rates=RATES)
+        total = sum(default["rss_mb"].values())
+        print(f"  RSS after load (MB): {default['rss_mb']}  total {total:.1f}", flush=True)
+        validated = series(wrk, tmp, lua, body_file, validation=True, rates=[200])
+    result = {"workers": WORKERS, "cores": os.cpu_count(), "seconds_per_run": RUN_S, "request_bytes": len(body),
+              "in_process": costs, "default": default, "with_validation": validated}
+    (OUT / "service_load.json").write_text(json.dumps(result, indent=2))
+    print(f"  written: {OUT / 'service_load.json'}")
+
+
+if __name__ == "__main__":
+    main()
