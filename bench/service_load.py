@@ -114,7 +114,7 @@ def free_port() -> int:
 
 def request_body() -> bytes:
     sys.path.insert(0, str(ROOT / "tests" / "service"))
-    import service_payloads  # noqa: PLC0415 - shared with the service tests
+    import service_payloads
 
     return json.dumps(service_payloads.order_sign()).encode()
 
@@ -126,7 +126,7 @@ class Server:
         env = {k: v for k, v in os.environ.items() if not k.startswith("CCSVI_")}
         env.update(CCSVI_DB_PATH=str(tmp / f"bench-{self.port}.sqlite3"), CCSVI_LOG_LEVEL="info",
                    CCSVI_FHIR_VALIDATION="true" if validation else "false")
-        self.log = open(tmp / f"service-{self.port}.log", "wb")
+        self.log = open(tmp / f"service-{self.port}.log", "wb")  # noqa: SIM115 - lives as long as the server
         cmd = [str(Path(sys.executable).parent / "ccsvi-cds"), "serve", "--port", str(self.port),
                "--workers", str(WORKERS)]
         self.proc = subprocess.Popen(cmd, env=env, stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT)
@@ -144,11 +144,11 @@ class Server:
 
     def pids(self) -> list[int]:
         """The uvicorn supervisor and its worker processes."""
-        out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(self.proc.pid)], capture_output=True, text=True)
+        out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(self.proc.pid)], capture_output=True, text=True, check=False)
         children = [int(x) for x in out.stdout.split()]
         workers: list[int] = []
         for child in children:  # multiprocessing may put a resource tracker or spawn helper in between
-            sub = subprocess.run(["ps", "-o", "pid=", "--ppid", str(child)], capture_output=True, text=True)
+            sub = subprocess.run(["ps", "-o", "pid=", "--ppid", str(child)], capture_output=True, text=True, check=False)
             workers += [int(x) for x in sub.stdout.split()]
         return [self.proc.pid, *children, *workers]
 
@@ -165,6 +165,17 @@ class Server:
                 out[f"{pid} {cmdline.strip()}"] = round(int(match.group(1)) / 1024, 1)
         return out
 
+    def cpu_s(self) -> float:
+        """User + system CPU seconds used so far by the service processes."""
+        total = 0
+        for pid in self.pids():
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+        return total / os.sysconf("SC_CLK_TCK")
+
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)
         try:
@@ -175,16 +186,21 @@ class Server:
         self.log.close()
 
 
-def wrk_run(wrk: str, url: str, lua: Path, body: Path, rate: int | None, seconds: int,
+def wrk_run(wrk: str, server: Server, lua: Path, body: Path, rate: int | None, seconds: int,
             connections: int = CONNECTIONS, threads: int = 1) -> dict[str, Any]:
+    url = server.url
+    load_before = os.getloadavg()[0]
+    cpu_before = server.cpu_s()
     interval = threads * 1000.0 / rate if rate else 0.0  # one schedule per wrk thread, shared by its connections
     env = {**os.environ, "BENCH_BODY": str(body), "BENCH_INTERVAL_MS": f"{interval:.3f}"}
     cmd = [wrk, f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s", "-s", str(lua), url + SIGN]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=seconds + 30)
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=seconds + 30, check=False)
     line = next((ln for ln in done.stdout.splitlines() if ln.startswith("BENCHJSON ")), None)
     if line is None:
         raise SystemExit(f"wrk failed: {done.stdout}\n{done.stderr}")
     stats = json.loads(line[len("BENCHJSON "):])
+    stats["server_cpu_ms_per_request"] = round((server.cpu_s() - cpu_before) * 1000 / max(stats["requests"], 1), 3)
+    stats["loadavg_1m_before"] = round(load_before, 2)
     stats["target_rps"] = rate
     stats["achieved_rps"] = round(stats["requests"] / (stats["duration_us"] / 1e6), 1)
     for key in ("p50", "p95", "p99", "max"):
@@ -227,17 +243,19 @@ def in_process_costs(body: bytes) -> dict[str, float]:
 def series(wrk: str, tmp: Path, lua: Path, body_file: Path, validation: bool, rates: list[int]) -> dict[str, Any]:
     server = Server(tmp, validation)
     try:
-        wrk_run(wrk, server.url, lua, body_file, 200, 2)  # warm-up (both workers, caches)
+        wrk_run(wrk, server, lua, body_file, 200, 2)  # warm-up (both workers, caches)
         runs = []
         for rate in rates:
-            stats = wrk_run(wrk, server.url, lua, body_file, rate, RUN_S)
+            stats = wrk_run(wrk, server, lua, body_file, rate, RUN_S)
             runs.append(stats)
             print(f"  {'validation ' if validation else ''}{rate:>5} req/s target: achieved {stats['achieved_rps']:>7} "
                   f"p50 {stats['p50_ms']:>6} ms  p95 {stats['p95_ms']:>6} ms  p99 {stats['p99_ms']:>6} ms  "
-                  f"max {stats['max_ms']:>6} ms  errors {stats['errors']}", flush=True)
-        peak = wrk_run(wrk, server.url, lua, body_file, None, RUN_S, connections=16, threads=2)
+                  f"max {stats['max_ms']:>6} ms  errors {stats['errors']}  server CPU {stats['server_cpu_ms_per_request']} ms/req  "
+                  f"load {stats['loadavg_1m_before']}", flush=True)
+        peak = wrk_run(wrk, server, lua, body_file, None, RUN_S, connections=16, threads=2)
         print(f"  {'validation ' if validation else ''}unpaced (16 connections): {peak['achieved_rps']} req/s  "
-              f"p50 {peak['p50_ms']} ms  p99 {peak['p99_ms']} ms  errors {peak['errors']}", flush=True)
+              f"p50 {peak['p50_ms']} ms  p99 {peak['p99_ms']} ms  errors {peak['errors']}  "
+              f"server CPU {peak['server_cpu_ms_per_request']} ms/req  load {peak['loadavg_1m_before']}", flush=True)
         rss = server.rss_mb()
         return {"paced": runs, "max": peak, "rss_mb": rss}
     finally:

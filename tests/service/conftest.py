@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-import service_payloads as payloads  # noqa: E402
+import service_payloads as payloads
 
 REPO = Path(__file__).resolve().parents[2]
 SERVE = [str(Path(sys.executable).parent / "ccsvi-cds"), "serve"]
@@ -50,7 +50,7 @@ class Service:
         self.client = httpx.Client(base_url=self.url, timeout=10)
 
     def start(self) -> None:
-        log = open(self.log_path, "ab")
+        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the subprocess for its lifetime
         self.proc = subprocess.Popen([*SERVE, "--port", str(self.port), *self.args], env=self.env,
                                      stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
         deadline = time.monotonic() + 30
@@ -153,7 +153,7 @@ class FakeFhir:
                 self.end_headers()
                 self.wfile.write(raw)
 
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 parts = urlsplit(self.path)
                 query = {k: v[0] for k, v in parse_qs(parts.query).items()}
                 fake.requests.append({"path": parts.path, "query": query,

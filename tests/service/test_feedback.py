@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 import service_payloads as p
 from cdshooks_checks import cards_of, expressions, outcome
 from conftest import Service

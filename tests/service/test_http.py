@@ -8,7 +8,6 @@ from typing import Any
 
 import httpx
 import pytest
-
 import service_payloads as p
 from cdshooks_checks import expressions, outcome
 from conftest import Service

@@ -13,12 +13,11 @@ from typing import Any
 
 import jwt
 import pytest
-from cryptography.hazmat.primitives import serialization
-from jwt.algorithms import ECAlgorithm, RSAAlgorithm
-
 import service_payloads as p
 from cdshooks_checks import cards_of, outcome
 from conftest import FakeFhir, Service
+from cryptography.hazmat.primitives import serialization
+from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "shared" / "cds-hooks" / "examples"
 SIGN = "/cds-services/ccsvi-order-sign"

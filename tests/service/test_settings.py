@@ -7,17 +7,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import SERVE, free_port
 
 from ccsvi_cds.service.fhir_client import ServerAllowlist
 from ccsvi_cds.service.settings import ServiceSettings, is_loopback
-from conftest import SERVE, free_port
 
 
 def run_serve(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     import os
 
     full = {k: v for k, v in os.environ.items() if not k.startswith("CCSVI_")}
-    return subprocess.run([*SERVE, *args], env={**full, **(env or {})}, capture_output=True, text=True, timeout=30)
+    return subprocess.run([*SERVE, *args], env={**full, **(env or {})}, capture_output=True, text=True, timeout=30, check=False)
 
 
 def test_refuses_a_non_loopback_address_without_authentication() -> None:

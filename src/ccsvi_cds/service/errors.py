@@ -36,7 +36,7 @@ def json_pointer(loc: Loc) -> str:
 class Problem:
     """One issue of an OperationOutcome."""
 
-    __slots__ = ("message", "loc", "code", "severity")
+    __slots__ = ("code", "loc", "message", "severity")
 
     def __init__(self, message: str, loc: Loc | None = None, code: str = "invalid", severity: str = "error"):
         self.message = message

@@ -161,12 +161,11 @@ def missing_studies(draft_orders: dict[str, Any], prefetch: dict[str, Any]) -> s
         rtype = res.get("resourceType")
         if rtype == "ResearchStudy" and isinstance(res.get("id"), str):
             present.add(res["id"])
-        elif rtype == "ResearchSubject":
-            if (sid := _study_id(res.get("study"))) is not None:
-                wanted.add(sid)
+        elif rtype == "ResearchSubject" and (sid := _study_id(res.get("study"))) is not None:
+            wanted.add(sid)
         extensions = res.get("extension")
         for ext in extensions if isinstance(extensions, list) else []:
-            if isinstance(ext, dict) and ext.get("url") == RESEARCH_STUDY_EXT:
-                if (sid := _study_id(ext.get("valueReference"))) is not None:
-                    wanted.add(sid)
+            if (isinstance(ext, dict) and ext.get("url") == RESEARCH_STUDY_EXT
+                    and (sid := _study_id(ext.get("valueReference"))) is not None):
+                wanted.add(sid)
     return wanted - present
