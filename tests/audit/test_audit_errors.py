@@ -179,3 +179,12 @@ def test_findings_are_deterministic(tmp_path: Path, rules_dir: Path, small_expor
     for name in ("findings.ndjson", "findings.csv", "errors.ndjson"):
         assert (a / name).read_bytes() == (b / name).read_bytes(), name
     assert (a / "findings.ndjson").stat().st_size > 0
+
+
+def test_workers_refuse_a_rule_pack_that_changed_during_the_audit(rules_dir: Path) -> None:
+    from ccsvi_cds.audit.evaluator import PackChanged, build_evaluator
+    from ccsvi_cds.rulepack import load_pack
+
+    assert build_evaluator(str(rules_dir), load_pack(rules_dir).digest, None) is not None
+    with pytest.raises(PackChanged, match="changed during the audit"):
+        build_evaluator(str(rules_dir), "0" * 64, None)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from .evaluator import PackChanged
 from .sources import InputError
 
 
@@ -86,6 +87,8 @@ def audit(inputs: tuple[str, ...], out_dir: Path, rules_dir: Path | None, engine
         raise click.ClickException(f"cannot audit: {exc}") from None
     except PackError as exc:
         raise click.ClickException(f"rule pack {opts.rules_dir}: {exc}") from None
+    except PackChanged as exc:
+        raise click.ClickException(str(exc)) from None
     f = summary["findings"]
     click.echo(
         f"{summary['read']['total']} resources read, {summary['serviceRequestsEvaluated']} ServiceRequests "

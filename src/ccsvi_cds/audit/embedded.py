@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .evaluator import build_evaluator
 from .join import SideTables, build_side_tables, error_line, evaluate_patient
 from .partition import (SideRow, SpillWriter, choose_shards, classify, decode_rows, estimated_bytes,
                         group_rows, shard_files)
@@ -28,6 +29,7 @@ from .sources import BadRecord, InputFile, ReadTask, read_task
 class _Config:
     files: tuple[InputFile, ...]
     rules_dir: str
+    digest: str | None
     base_url: str | None
     spill_dir: Path
     parts_dir: Path
@@ -44,15 +46,11 @@ def _init(cfg: _Config) -> None:
     _CFG, _EVALUATOR, _SIDE = cfg, None, None
 
 
-def worker_evaluator(rules_dir: str, base_url: str | None = None) -> Any:
+def worker_evaluator(cfg: _Config) -> Any:
     """Build this process's Evaluator once (never in a parent before a fork: the engine handle is local)."""
     global _EVALUATOR
     if _EVALUATOR is None:
-        from ccsvi_cds.evaluate import Evaluator
-        from ccsvi_cds.rulepack import load_pack
-
-        kwargs = {"base_url": base_url} if base_url else {}
-        _EVALUATOR = Evaluator(load_pack(Path(rules_dir)), **kwargs)
+        _EVALUATOR = build_evaluator(cfg.rules_dir, cfg.digest, cfg.base_url)
     return _EVALUATOR
 
 
@@ -112,7 +110,7 @@ def _evaluate_shard(shard: int) -> ShardResult:
     assert _CFG is not None
     if _SIDE is None:
         _SIDE = SideTables.from_json((_CFG.spill_dir / "side.json").read_bytes())
-    ev = worker_evaluator(_CFG.rules_dir, _CFG.base_url)
+    ev = worker_evaluator(_CFG)
     paths = [f.path for f in _CFG.files]
     data = b"".join(p.read_bytes() for p in shard_files(_CFG.spill_dir, shard))
     findings: list[tuple[str, bytes]] = []
@@ -161,14 +159,14 @@ def _drain(pool: ProcessPoolExecutor, jobs: list[tuple[Callable[..., Any], tuple
 
 def run_embedded(files: Sequence[InputFile], tasks: Sequence[ReadTask], rules_dir: Path, workdir: Path,
                  workers: int | None = None, progress: Progress | None = None,
-                 base_url: str | None = None) -> EngineResult:
+                 base_url: str | None = None, digest: str | None = None) -> EngineResult:
     """Run the audit on a local process pool; returns counts and sorted part files under ``workdir``."""
     workers = workers or os.cpu_count() or 1
     spill_dir, parts_dir = workdir / "spill", workdir / "parts"
     spill_dir.mkdir(parents=True, exist_ok=True)
     parts_dir.mkdir(parents=True, exist_ok=True)
     n_shards = choose_shards(estimated_bytes([(f.size, f.gzip) for f in files]))
-    cfg = _Config(tuple(files), str(rules_dir), base_url, spill_dir, parts_dir, n_shards)
+    cfg = _Config(tuple(files), str(rules_dir), digest, base_url, spill_dir, parts_dir, n_shards)
     result = EngineResult()
     counts: Counter[str] = Counter()
     side_rows: list[SideRow] = []

@@ -62,11 +62,12 @@ def run_audit(opts: AuditOptions, progress: Progress | None = None) -> dict[str,
             from .spark import run_spark  # PySpark is optional: imported only here
 
             result = run_spark(files, tasks, opts.rules_dir, scratch, master=opts.spark_master,
-                               conf=opts.spark_conf, base_url=opts.base_url)
+                               conf=opts.spark_conf, base_url=opts.base_url, digest=pack.digest)
         else:
             from .embedded import run_embedded
 
-            result = run_embedded(files, tasks, opts.rules_dir, scratch, opts.workers, progress, opts.base_url)
+            result = run_embedded(files, tasks, opts.rules_dir, scratch, opts.workers, progress, opts.base_url,
+                                      pack.digest)
         with staged(opts.out_dir) as stage:
             stats = write_findings(stage, result.finding_parts)
             n_errors, error_kinds = write_errors(stage, result.error_parts)
