@@ -61,6 +61,24 @@ wrk.method = "POST"
 wrk.body = body
 wrk.headers["Content-Type"] = "application/json"
 
+-- with BENCH_TOKENS, each request carries the next JWT of that file (one per line, never reused)
+local tokens = nil
+local used = 0
+local token_file = os.getenv("BENCH_TOKENS")
+if token_file and token_file ~= "" then
+  tokens = {}
+  for line in io.lines(token_file) do tokens[#tokens + 1] = line end
+end
+
+function request()
+  if tokens == nil then return wrk.format() end
+  used = used + 1
+  local headers = {}
+  for k, v in pairs(wrk.headers) do headers[k] = v end
+  headers["Authorization"] = "Bearer " .. (tokens[used] or "exhausted")
+  return wrk.format(nil, nil, headers, nil)
+end
+
 function setup(thread)
   counter = counter + 1
   thread:set("id", counter)
@@ -120,12 +138,14 @@ def request_body() -> bytes:
 
 
 class Server:
-    def __init__(self, tmp: Path, validation: bool) -> None:
+    def __init__(self, tmp: Path, validation: bool, issuers: list[dict[str, Any]] | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {k: v for k, v in os.environ.items() if not k.startswith("CCSVI_")}
         env.update(CCSVI_DB_PATH=str(tmp / f"bench-{self.port}.sqlite3"), CCSVI_LOG_LEVEL="info",
                    CCSVI_FHIR_VALIDATION="true" if validation else "false")
+        if issuers:
+            env["CCSVI_TRUSTED_ISSUERS"] = json.dumps(issuers)
         self.log = open(tmp / f"service-{self.port}.log", "wb")  # noqa: SIM115 - lives as long as the server
         cmd = [str(Path(sys.executable).parent / "ccsvi-cds"), "serve", "--port", str(self.port),
                "--workers", str(WORKERS)]
@@ -187,12 +207,13 @@ class Server:
 
 
 def wrk_run(wrk: str, server: Server, lua: Path, body: Path, rate: int | None, seconds: int,
-            connections: int = CONNECTIONS, threads: int = 1) -> dict[str, Any]:
+            connections: int = CONNECTIONS, threads: int = 1, tokens: Path | None = None) -> dict[str, Any]:
     url = server.url
     load_before = os.getloadavg()[0]
     cpu_before = server.cpu_s()
     interval = threads * 1000.0 / rate if rate else 0.0  # one schedule per wrk thread, shared by its connections
-    env = {**os.environ, "BENCH_BODY": str(body), "BENCH_INTERVAL_MS": f"{interval:.3f}"}
+    env = {**os.environ, "BENCH_BODY": str(body), "BENCH_INTERVAL_MS": f"{interval:.3f}",
+           "BENCH_TOKENS": str(tokens) if tokens else ""}
     cmd = [wrk, f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s", "-s", str(lua), url + SIGN]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=seconds + 30, check=False)
     line = next((ln for ln in done.stdout.splitlines() if ln.startswith("BENCHJSON ")), None)
@@ -240,20 +261,54 @@ def in_process_costs(body: bytes) -> dict[str, float]:
     }
 
 
-def series(wrk: str, tmp: Path, lua: Path, body_file: Path, validation: bool, rates: list[int]) -> dict[str, Any]:
-    server = Server(tmp, validation)
+def jwt_setup(tmp: Path) -> tuple[list[dict[str, Any]], Any]:
+    """A trusted issuer with a configured ES384 key (no JWKS fetch) and a function minting fresh tokens."""
+    import uuid
+
+    import jwt
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from jwt.algorithms import ECAlgorithm
+
+    key = ec.generate_private_key(ec.SECP384R1())
+    public = {**ECAlgorithm.to_jwk(key.public_key(), as_dict=True), "kid": "bench", "alg": "ES384"}
+    issuers = [{"iss": "https://ehr.bench.invalid", "jwks": {"keys": [public]}}]
+
+    def mint(path: Path, aud: str, count: int) -> Path:
+        now = int(time.time())
+        lines = [jwt.encode({"iss": issuers[0]["iss"], "aud": aud, "iat": now, "exp": now + 600,
+                             "jti": str(uuid.uuid4())}, key, algorithm="ES384", headers={"kid": "bench"})
+                 for _ in range(count)]
+        path.write_text("\n".join(lines) + "\n")
+        return path
+
+    return issuers, mint
+
+
+def series(wrk: str, tmp: Path, lua: Path, body_file: Path, validation: bool, rates: list[int],
+           auth: bool = False, unpaced: bool = True) -> dict[str, Any]:
+    issuers, mint = jwt_setup(tmp) if auth else (None, None)
+    server = Server(tmp, validation, issuers)
+    label = "validation " if validation else "JWT " if auth else ""
+
+    def tokens_for(rate: int, seconds: int) -> Path | None:
+        if mint is None:
+            return None
+        return mint(tmp / f"tokens-{rate}.txt", server.url + SIGN, int(rate * seconds * 1.1) + 100)
+
     try:
-        wrk_run(wrk, server, lua, body_file, 200, 2)  # warm-up (both workers, caches)
+        wrk_run(wrk, server, lua, body_file, 200, 2, tokens=tokens_for(200, 2))  # warm-up (both workers)
         runs = []
         for rate in rates:
-            stats = wrk_run(wrk, server, lua, body_file, rate, RUN_S)
+            stats = wrk_run(wrk, server, lua, body_file, rate, RUN_S, tokens=tokens_for(rate, RUN_S))
             runs.append(stats)
-            print(f"  {'validation ' if validation else ''}{rate:>5} req/s target: achieved {stats['achieved_rps']:>7} "
+            print(f"  {label}{rate:>5} req/s target: achieved {stats['achieved_rps']:>7} "
                   f"p50 {stats['p50_ms']:>6} ms  p95 {stats['p95_ms']:>6} ms  p99 {stats['p99_ms']:>6} ms  "
                   f"max {stats['max_ms']:>6} ms  errors {stats['errors']}  server CPU {stats['server_cpu_ms_per_request']} ms/req  "
                   f"load {stats['loadavg_1m_before']}", flush=True)
+        if not unpaced:
+            return {"paced": runs, "rss_mb": server.rss_mb()}
         peak = wrk_run(wrk, server, lua, body_file, None, RUN_S, connections=16, threads=2)
-        print(f"  {'validation ' if validation else ''}unpaced (16 connections): {peak['achieved_rps']} req/s  "
+        print(f"  {label}unpaced (16 connections): {peak['achieved_rps']} req/s  "
               f"p50 {peak['p50_ms']} ms  p99 {peak['p99_ms']} ms  errors {peak['errors']}  "
               f"server CPU {peak['server_cpu_ms_per_request']} ms/req  load {peak['loadavg_1m_before']}", flush=True)
         rss = server.rss_mb()
@@ -282,8 +337,9 @@ def main() -> None:
         total = sum(default["rss_mb"].values())
         print(f"  RSS after load (MB): {default['rss_mb']}  total {total:.1f}", flush=True)
         validated = series(wrk, tmp, lua, body_file, validation=True, rates=[200])
+        with_jwt = series(wrk, tmp, lua, body_file, validation=False, rates=[200], auth=True, unpaced=False)
     result = {"workers": WORKERS, "cores": os.cpu_count(), "seconds_per_run": RUN_S, "request_bytes": len(body),
-              "in_process": costs, "default": default, "with_validation": validated}
+              "in_process": costs, "default": default, "with_validation": validated, "with_jwt": with_jwt}
     (OUT / "service_load.json").write_text(json.dumps(result, indent=2))
     print(f"  written: {OUT / 'service_load.json'}")
 
