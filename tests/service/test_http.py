@@ -163,3 +163,30 @@ def test_keep_alive_connection_survives_errors(svc: Service) -> None:
         for body in (b"nope", json.dumps(p.order_sign()).encode(), b"{}"):
             resp = client.post(SIGN, content=body, headers={"Content-Type": "application/json"})
             assert resp.status_code in (200, 400)
+
+
+def _nested(depth: int) -> Any:
+    value: Any = "leaf"
+    for _ in range(depth):
+        value = {"a": [value]}
+    return value
+
+
+@pytest.mark.parametrize("where", ["extension", "context", "resource", "bundle"])
+def test_deeply_nested_json_is_not_a_server_error(svc: Service, where: str) -> None:
+    req = p.order_sign()
+    if where == "extension":
+        req["extension"] = {"org.example.deep": _nested(300)}
+    elif where == "context":
+        req["context"]["org.example.deep"] = _nested(300)
+    elif where == "resource":
+        req["context"]["draftOrders"]["entry"][0]["resource"]["note"] = [_nested(300)]
+    else:
+        inner: Any = p.bundle([p.mri_brain()])
+        for _ in range(150):
+            inner = p.bundle([inner])
+        req["prefetch"]["conditions"] = inner
+    resp = svc.post(SIGN, req)
+    assert resp.status_code in (200, 400), resp.text
+    if resp.status_code == 400:
+        outcome(resp, 400)

@@ -7,7 +7,7 @@ the diagnostics also carry the JSON pointer). Messages never echo request values
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import orjson
 from starlette.responses import Response
@@ -72,7 +72,7 @@ def operation_outcome(problems: Iterable[Problem]) -> dict:
     return {"resourceType": "OperationOutcome", "issue": [p.to_issue() for p in problems]}
 
 
-def outcome_response(status: int, problems: Iterable[Problem], headers: dict[str, str] | None = None) -> Response:
+def outcome_response(status: int, problems: Iterable[Problem], headers: Mapping[str, str] | None = None) -> Response:
     return Response(orjson.dumps(operation_outcome(problems)), status_code=status, media_type=FHIR_JSON,
                     headers=headers)
 

@@ -71,6 +71,11 @@ class HookHandler:
 
         normalized = {"hook": req.hook, "hookInstance": req.hookInstance, "context": raw_context,
                       "prefetch": prefetch}
+        try:
+            input_digest = digest(normalized)
+        except TypeError:  # orjson refuses nesting deeper than 255 levels; no FHIR resource needs that
+            raise ServiceError(400, Problem("context or prefetch nests JSON deeper than 255 levels",
+                                            code="too-costly")) from None
         resources, targets = resources_from_hook_request(normalized)
         active = self._rules.current  # one read: the pack that evaluates is the pack that is recorded
         result = active.evaluator.evaluate(resources, targets=targets, default_patient=context.patientId)
@@ -81,7 +86,7 @@ class HookHandler:
         self._store.submit_decision(DecisionRecord(
             hook_instance=req.hookInstance, service_id=service.id, hook=req.hook,
             patient_id=context.patientId, user_id=context.userId, encounter_id=context.encounterId,
-            order_refs=refs, input_digest=digest(normalized), pack=active.describe(),
+            order_refs=refs, input_digest=input_digest, pack=active.describe(),
             issue_paths=[i.path for i in result.issues][:100], cards=records,
         ))
         info.update(cards=len(cards), rules=[r.rule_id for r in records], issues=len(result.issues),

@@ -81,8 +81,8 @@ class ServiceSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", validate_default=True)
 
     host: str = "127.0.0.1"
-    port: int = Field(8080, ge=0, le=65535)
-    workers: int = Field(1, ge=1, le=64)
+    port: int = Field(default=8080, ge=0, le=65535)
+    workers: int = Field(default=1, ge=1, le=64)
     rules_dir: Path = Field(default_factory=default_rules_dir)
     base_url: str | None = None
     """Public URL of the service as the EHR sees it (JWT `aud` = base_url + path); default http://host:port."""
@@ -91,18 +91,18 @@ class ServiceSettings(BaseSettings):
     insecure_no_auth: bool = False
     """Explicitly turn JWT authentication off, also on non-loopback addresses (never in production)."""
     public_discovery: bool = False
-    jwt_leeway_s: int = Field(30, ge=0, le=300)
-    jwt_max_lifetime_s: int = Field(3600, ge=1)
-    jwks_cache_ttl_s: int = Field(300, ge=0)
+    jwt_leeway_s: int = Field(default=30, ge=0, le=300)
+    jwt_max_lifetime_s: int = Field(default=3600, ge=1)
+    jwks_cache_ttl_s: int = Field(default=300, ge=0)
 
     allow_fhir_servers: StrList = Field(default_factory=list)
-    fhir_timeout_s: float = Field(5.0, gt=0, le=60)
-    fhir_max_pages: int = Field(10, ge=1, le=1000)
-    fhir_max_entries: int = Field(5000, ge=1)
+    fhir_timeout_s: float = Field(default=5.0, gt=0, le=60)
+    fhir_max_pages: int = Field(default=10, ge=1, le=1000)
+    fhir_max_entries: int = Field(default=5000, ge=1)
     refetch_null_prefetch: bool = False
     """CDS Hooks 2.0: a null prefetch value means "no data". True: fetch it anyway (for clients that misuse null)."""
 
-    max_body_bytes: int = Field(1_000_000, ge=1024)
+    max_body_bytes: int = Field(default=1_000_000, ge=1024)
     cors_origins: StrList = Field(default_factory=lambda: ["*"])
     db_path: Path = Path("ccsvi-cds.sqlite3")
     fhir_validation: bool = False
