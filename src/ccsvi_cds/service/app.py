@@ -223,6 +223,8 @@ def create_app(settings: ServiceSettings | None = None) -> Starlette:
             await client.aclose()
             store.close()
             replay.close()
+            log.info("worker stopped", extra={"pid": os.getpid()})
+            logs.flush()
 
     routes = [
         Route("/cds-services", guarded(discovery), methods=["GET"]),

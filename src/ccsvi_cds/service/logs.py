@@ -88,3 +88,9 @@ def setup(level: str = "info") -> None:
         logger.handlers[:] = [handler]
         logger.setLevel(level.upper())
         logger.propagate = False
+
+
+def flush() -> None:
+    """Write buffered lines now (worker processes end with os._exit: atexit handlers do not run there)."""
+    if _handler is not None:
+        _handler.flush()
