@@ -1,11 +1,13 @@
 """`rules test`: cases run through Evaluator.evaluate; a failure shows expected vs actual cards; coverage."""
 
+# ruff: noqa: F811  (pack_dir is a pytest fixture imported from pack_helpers, then taken as a parameter)
+
 from __future__ import annotations
 
 from pathlib import Path
 
 from click.testing import CliRunner
-from conftest import REPO, edit, position
+from pack_helpers import REPO, edit, pack_dir, position  # noqa: F401 - pack_dir is a fixture
 
 from ccsvi_cds.authoring.cases import format_report, load_cases, run_cases
 from ccsvi_cds.authoring.cli import rules

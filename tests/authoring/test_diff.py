@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 from click.testing import CliRunner
-from conftest import REPO, edit
+from pack_helpers import REPO, edit
 
 from ccsvi_cds.authoring.cli import rules
 from ccsvi_cds.authoring.diff import diff_packs

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from click.testing import CliRunner
-from conftest import REPO
+from pack_helpers import REPO
 
 from ccsvi_cds.authoring.cli import rules
 from ccsvi_cds.authoring.schema import SCHEMA_DIR, schemas, stale_schemas

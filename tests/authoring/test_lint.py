@@ -1,11 +1,13 @@
 """`rules lint`: every error class, at its exact file:line:column, with a fix; the bundled pack is clean."""
 
+# ruff: noqa: F811  (pack_dir is a pytest fixture imported from pack_helpers, then taken as a parameter)
+
 from __future__ import annotations
 
 from pathlib import Path
 
 from click.testing import CliRunner
-from conftest import REPO, edit, position
+from pack_helpers import REPO, edit, pack_dir, position  # noqa: F401 - pack_dir is a fixture
 
 from ccsvi_cds.authoring.cli import rules
 from ccsvi_cds.authoring.lint import lint_pack

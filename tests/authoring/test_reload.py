@@ -4,6 +4,8 @@ No request may fail or see a half-loaded pack (a card's text must belong to the 
 valid edit is picked up; a broken edit is refused with its lint errors logged and the last good pack serves.
 """
 
+# ruff: noqa: F811  (pack_dir is a pytest fixture imported from pack_helpers, then taken as a parameter)
+
 from __future__ import annotations
 
 import asyncio
@@ -22,7 +24,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import REPO, edit, position
+from pack_helpers import REPO, edit, pack_dir, position  # noqa: F401 - pack_dir is a fixture
 
 from ccsvi_cds.authoring.reload import PackReloader
 from ccsvi_cds.rulepack import load_pack
