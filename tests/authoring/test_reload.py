@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -43,7 +44,7 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-def service(pack_dir: Path, tmp_path: Path) -> Iterator[tuple[str, Path]]:
+def service(pack_dir: Path, tmp_path: Path) -> Iterator[tuple[str, Path, Path]]:
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CCSVI_")}
     env.update(CCSVI_DB_PATH=str(tmp_path / "service.sqlite3"), CCSVI_LOG_LEVEL="info")
@@ -63,7 +64,7 @@ def service(pack_dir: Path, tmp_path: Path) -> Iterator[tuple[str, Path]]:
                 pass
             assert time.monotonic() < deadline, log_path.read_text()[-3000:]
             time.sleep(0.1)
-        yield url, log_path
+        yield url, log_path, tmp_path / "service.sqlite3"
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -90,6 +91,7 @@ class Load:
         self.url = url
         self.body = json.loads((REPO / "fhir_examples" / "cds-hooks-order-select-stent.json").read_text())
         self.answers: list[tuple[int, Any]] = []
+        self.instances: list[str] = []  # hookInstance of each answer, same order
         self.errors: list[str] = []
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
@@ -101,6 +103,7 @@ class Load:
                 try:
                     r = client.post("/cds-services/ccsvi-order-select", json=body)
                     self.answers.append((r.status_code, r.json()))
+                    self.instances.append(body["hookInstance"])
                 except Exception as exc:  # noqa: BLE001 - a failed request is the thing under test
                     self.errors.append(repr(exc))
 
@@ -118,8 +121,8 @@ class Load:
         return len(self.answers)
 
 
-def test_hot_reload_under_concurrent_requests(service: tuple[str, Path], pack_dir: Path, tmp_path: Path) -> None:
-    url, log_path = service
+def test_hot_reload_under_concurrent_requests(service: tuple[str, Path, Path], pack_dir: Path) -> None:
+    url, log_path, db_path = service
     old_digest = load_pack(pack_dir).digest
     health = httpx.get(url + "/health").json()
     assert health["rulePack"]["digest"] == old_digest
@@ -156,6 +159,17 @@ def test_hot_reload_under_concurrent_requests(service: tuple[str, Path], pack_di
         digests_seen.append(digest)
     assert digests_seen[0] == old_digest and digests_seen[-1] == new_digest
     assert digests_seen.count(new_digest) >= 40  # served before and after the refused edit
+
+    # every decision record names the pack whose cards it answered with
+    card_digest = {inst: body["cards"][0]["extension"]["org.ccsvi-cds.pack"]["digest"]
+                   for inst, (_, body) in zip(load.instances, load.answers, strict=True)}
+    recorded: dict[str, str] = {}
+    deadline = time.monotonic() + 20
+    while len(recorded) < len(card_digest) and time.monotonic() < deadline:
+        with sqlite3.connect(db_path) as db:
+            recorded = dict(db.execute("SELECT hook_instance, pack_digest FROM decision").fetchall())
+        time.sleep(0.2)
+    assert recorded == card_digest
 
     discovery = httpx.get(url + "/cds-services").json()
     assert discovery["services"][0]["extension"]["org.ccsvi-cds.rule-pack"]["digest"] == new_digest
@@ -198,5 +212,31 @@ def test_reloader_against_the_service_state(pack_dir: Path) -> None:
         assert any("unknown evidence id 'fda-2013' in cite()" in e for e in refused.errors)
         assert state.current is good
         assert reloader.last == refused
+
+    asyncio.run(scenario())
+
+
+def test_files_changing_while_read_are_not_swapped_in(pack_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An editor still writing (a second file saved while the first is being linted): wait for the next event."""
+    import ccsvi_cds.authoring.reload as reload
+
+    real_lint = reload.lint_pack
+
+    def lint_while_another_save_lands(root: Path, **kw: Any) -> Any:
+        result = real_lint(root, **kw)
+        edit(pack_dir / "pack.yaml", "version: 1.0.1", "version: 1.0.2")
+        return result
+
+    async def scenario() -> None:
+        state = RuleState()
+        state.load(pack_dir)
+        first = state.current
+        edit(pack_dir / "pack.yaml", "version: 1.0.0", "version: 1.0.1")
+        monkeypatch.setattr(reload, "lint_pack", lint_while_another_save_lands)
+        assert (await PackReloader(pack_dir, state).reload_once()).status == "unstable"
+        assert state.current is first
+        monkeypatch.setattr(reload, "lint_pack", real_lint)
+        outcome = await PackReloader(pack_dir, state).reload_once()
+        assert outcome.status == "loaded" and state.current.pack.version == "1.0.2"
 
     asyncio.run(scenario())
