@@ -218,7 +218,7 @@ def test_reloader_against_the_service_state(pack_dir: Path) -> None:
 
 def test_files_changing_while_read_are_not_swapped_in(pack_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """An editor still writing (a second file saved while the first is being linted): wait for the next event."""
-    import ccsvi_cds.authoring.reload as reload
+    from ccsvi_cds.authoring import reload
 
     real_lint = reload.lint_pack
 
