@@ -151,9 +151,10 @@ class Server:
                "--workers", str(WORKERS)]
         self.proc = subprocess.Popen(cmd, env=env, stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT)
         deadline = time.monotonic() + 60
+        min_pids = 1 if WORKERS == 1 else WORKERS + 1  # one process, or a supervisor and its workers
         while time.monotonic() < deadline:
             try:
-                if httpx.get(self.url + "/health", timeout=1).status_code == 200 and len(self.pids()) > WORKERS:
+                if httpx.get(self.url + "/health", timeout=1).status_code == 200 and len(self.pids()) >= min_pids:
                     return
             except httpx.HTTPError:
                 pass
