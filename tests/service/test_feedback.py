@@ -64,15 +64,18 @@ def test_feedback_round_trip_survives_a_restart(svc: Service) -> None:
     assert card["suggestions"][0]["uuid"] in row["accepted_suggestions"]
 
 
-def test_same_input_gives_the_same_input_digest(svc: Service) -> None:
+def test_input_digest_identifies_the_evaluated_input(svc: Service) -> None:
     req = p.order_sign()
+    changed = p.order_sign(prefetch=p.full_prefetch(conditions=p.five_conditions()[:4]))
+    instances = [req["hookInstance"], req["hookInstance"] + "-again", changed["hookInstance"]]
     cards_of(svc.post(SIGN, req))
-    cards_of(svc.post(SIGN, {**req, "hookInstance": req["hookInstance"] + "-b"}))
-    svc.post(FEEDBACK, {"feedback": [{"card": "flush", "outcome": "accepted", "outcomeTimestamp": "2026-01-01T00:00:00Z"}]})
+    cards_of(svc.post(SIGN, {**req, "hookInstance": instances[1]}))
+    cards_of(svc.post(SIGN, changed))
+    svc.post(FEEDBACK, {"feedback": [{"card": "x", "outcome": "accepted"}]})  # flushes queued decision records
     with db(svc) as conn:
-        digests = conn.execute("SELECT input_digest FROM decision WHERE hook_instance IN (?, ?)",
-                               (req["hookInstance"], req["hookInstance"] + "-b")).fetchall()
-    assert len(digests) == 2 and digests[0][0] != digests[1][0]  # hookInstance is part of the input
+        digest = dict(conn.execute("SELECT hook_instance, input_digest FROM decision WHERE hook_instance IN (?,?,?)",
+                                   instances).fetchall())
+    assert digest[instances[0]] == digest[instances[1]] != digest[instances[2]]
 
 
 def test_batches_and_duplicates_inside_a_batch(svc: Service) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ccsvi_cds.facts.hookrequest import resources_from_hook_request
+
 from .cards import finalize
 from .discovery import ServiceDef
 from .errors import Problem, ServiceError
@@ -66,12 +68,8 @@ class HookHandler:
                                                 ("context", "selections"), code="required"))
             raw_context = {**raw_context, "selections": resolve_selections(context.selections, draft_orders)}
         prefetch = await self._completer.complete(req, context, draft_orders)
-
-        from ccsvi_cds.facts.hookrequest import resources_from_hook_request
-
-        normalized = {"hook": req.hook, "hookInstance": req.hookInstance, "context": raw_context,
-                      "prefetch": prefetch}
-        try:
+        normalized = {"hook": req.hook, "context": raw_context, "prefetch": prefetch}
+        try:  # the digest of what was evaluated: the same clinical input gives the same digest
             input_digest = digest(normalized)
         except TypeError:  # orjson refuses nesting deeper than 255 levels; no FHIR resource needs that
             raise ServiceError(400, Problem("context or prefetch nests JSON deeper than 255 levels",
