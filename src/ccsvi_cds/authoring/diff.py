@@ -58,7 +58,7 @@ def _hook_requests(path: Path) -> list[tuple[str, Any]] | None:
 
 def collect(inputs: Sequence[str]) -> Records:
     """Sort inputs into hook requests and audit input; raise DiffInputError before any evaluation."""
-    from ccsvi_cds.audit.sources import BadRecord, InputError, ReadTask, discover, read_task
+    from ccsvi_cds.audit.sources import InputError, ReadTask, Record, discover, read_task
 
     records = Records()
     fhir_paths: list[str] = []
@@ -81,8 +81,8 @@ def collect(inputs: Sequence[str]) -> Records:
         records.fhir_files = len(files)
         for idx, f in enumerate(files):
             for rec in read_task(files, ReadTask(idx)):
-                if isinstance(rec, BadRecord):
-                    continue  # the audit reports these; a diff compares what both versions could read
+                if not isinstance(rec, Record):
+                    continue  # bad lines: the audit reports them; a diff compares what both versions could read
                 where = f.path + (f"#line{rec.line}" if rec.line else "") + \
                     (f"#entry{rec.entry}" if rec.entry is not None else "")
                 records.fhir.append(Located(where, rec.resource))

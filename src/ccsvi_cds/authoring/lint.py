@@ -9,7 +9,7 @@ do not exist, rules that can never fire, value sets nothing uses, and problems i
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ccsvi_cds.authoring.cases import LoadedCase, load_cases, run_cases
@@ -107,13 +107,30 @@ def check_case_coverage(pack: RulePack, cases: list[LoadedCase], docs: dict[str,
     return problems
 
 
+def _with_hint(problem: Problem) -> Problem:
+    """Every problem says how to fix it: the few loader messages without a hint point at the format."""
+    if problem.hint:
+        return problem
+    name = Path(problem.file).name
+    parent = Path(problem.file).parent.name
+    if parent == VALUESETS:
+        hint = "a FHIR R4 ValueSet with expansion.contains [{system, code, display}]"
+    elif parent == "cases":
+        hint = "see schema/cases.schema.json for the case format"
+    elif name in ("pack.yaml", "evidence.yaml"):
+        hint = f"see schema/{name.removesuffix('.yaml')}.schema.json for the format"
+    else:
+        hint = "see schema/rule.schema.json for the rule format"
+    return replace(problem, hint=hint)
+
+
 def lint_pack(root: Path | str, *, run_case_inputs: bool = True) -> LintResult:
     """All problems of the pack at `root`. `run_case_inputs=False` skips the one check that evaluates
     (never fired by a case), e.g. off the event-loop thread where no engine may be built."""
     root = Path(root)
     pack, problems = check_pack(root)
     if pack is None:
-        return LintResult(None, sorted(set(problems)))
+        return LintResult(None, sorted({_with_hint(p) for p in problems}))
     docs = rule_docs(pack)
     problems += check_codes(pack)
     problems += check_unused_valuesets(pack)
@@ -126,7 +143,7 @@ def lint_pack(root: Path | str, *, run_case_inputs: bool = True) -> LintResult:
     problems += case_problems
     if run_case_inputs and not any(p.severity == "error" for p in problems):
         problems += check_case_coverage(pack, cases, docs)
-    return LintResult(pack, sorted(set(problems)), cases)
+    return LintResult(pack, sorted({_with_hint(p) for p in problems}), cases)
 
 
 def format_problems(result: LintResult) -> str:
