@@ -315,3 +315,13 @@ def test_legacy_delete_resource_for_cds_hooks_1_clients(service_factory: Any) ->
     card = cards_of(svc.post(SIGN, p.order_sign()))[0]
     deletes = [a for s in card["suggestions"] for a in s["actions"] if a["type"] == "delete"]
     assert deletes and all(a["resource"] == a["resourceId"] == "ServiceRequest/sr-ijv-pta" for a in deletes)
+
+
+def test_allow_fhir_server_option_is_repeatable(service_factory: Any, fhir: FakeFhir) -> None:
+    svc = service_factory(args=["--allow-fhir-server", "http://127.0.0.1:1/other",
+                                "--allow-fhir-server", fhir.fhir])
+    fhir.data[p.PATIENT] = {"Condition": [p.ms_condition()]}
+    req = with_server(p.order_sign(), fhir)
+    del req["prefetch"]["conditions"]
+    assert rules_of(cards_of(svc.post(SIGN, req))) == ["venous-angioplasty-ms"]
+    assert searched(fhir) == ["Condition"]
