@@ -26,22 +26,30 @@ def _new_version(tmp_path: Path) -> Path:
     return new
 
 
+RECORDS = ["cds-hooks-order-select-stent.json", "cds-hooks-order-sign.json", "cds-hooks-order-select-unrelated.json",
+           "negative-iliac-vein-stent.json", "positive-stent-azygos-spms.json", "negative-carotid-angioplasty.json"]
+
+
 def test_diff_reports_the_changed_decision(tmp_path: Path) -> None:
     new = _new_version(tmp_path)
-    result = CliRunner().invoke(rules, ["diff", "--old", str(REPO / "rules"), "--new", str(new), EXAMPLES])
+    records = tmp_path / "records"
+    records.mkdir()
+    for name in RECORDS:
+        shutil.copy(REPO / "fhir_examples" / name, records / name)
+    result = CliRunner().invoke(rules, ["diff", "--old", str(REPO / "rules"), "--new", str(new), str(records)])
     assert result.exit_code == 0, result.output
     old_pack, new_pack = load_pack(REPO / "rules"), load_pack(new)
     assert result.output.splitlines() == [
         f"old: ccsvi 1.0.0 ({old_pack.digest[:12]})",
         f"new: ccsvi 1.1.0 ({new_pack.digest[:12]})",
-        "replayed 3 CDS Hooks request(s) and 46 FHIR resource(s) from 14 file(s); orders evaluated: 19 old, 19 new",
+        "replayed 3 CDS Hooks request(s) and 9 FHIR resource(s) from 3 file(s); orders evaluated: 8 old, 8 new",
         "decisions changed: 1 order(s)",
-        f"  {EXAMPLES}/negative-iliac-vein-stent.json: ServiceRequest/sr-2003",
+        f"  {records}/negative-iliac-vein-stent.json: ServiceRequest/sr-2003",
         "    + critical  venous-stent-ms",
         "  venous-stent-ms: 1 added, 0 removed, 0 changed",
     ]
     failing = CliRunner().invoke(rules, ["diff", "--old", str(REPO / "rules"), "--new", str(new), "--fail-on-change",
-                                         EXAMPLES])
+                                         str(records)])
     assert failing.exit_code == 1
 
 
