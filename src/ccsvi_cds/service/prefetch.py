@@ -9,6 +9,7 @@ too (whether a trial is approved decides the card). With nothing to fetch from: 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Coroutine
 from typing import Any
 from urllib.parse import quote
 
@@ -95,19 +96,26 @@ class PrefetchCompleter:
             done[STUDIES_KEY] = await self._studies(reader, sorted(studies))
         return done
 
-    async def _run(self, reader: FhirReader, to_fetch: dict[str, str],
-                   to_follow: dict[str, dict[str, Any]]) -> dict[str, Any]:
-        keys = [*to_fetch, *to_follow]
-        jobs = [self._fetch(reader, key, query) for key, query in to_fetch.items()]
-        jobs += [reader.follow(bundle, f"prefetch {key}") for key, bundle in to_follow.items()]
+    async def _gather(self, jobs: dict[str, Coroutine[Any, Any, Any]], what: str) -> dict[str, Any]:
+        """Run the reads concurrently within the deadline; the first failure cancels the others (412)."""
         try:
             async with asyncio.timeout(self._settings.fhir_timeout_s * 2):
-                results = await asyncio.gather(*jobs)
+                async with asyncio.TaskGroup() as group:
+                    tasks = {key: group.create_task(job) for key, job in jobs.items()}
         except TimeoutError:
-            raise _unavailable("fetching prefetch data from fhirServer took too long") from None
-        except DataUnavailable as exc:
-            raise _unavailable(str(exc)) from None
-        return dict(zip(keys, results))
+            raise _unavailable(f"{what} from fhirServer took too long") from None
+        except ExceptionGroup as eg:
+            first = eg.exceptions[0]
+            if isinstance(first, DataUnavailable):
+                raise _unavailable(str(first)) from None
+            raise
+        return {key: task.result() for key, task in tasks.items()}
+
+    async def _run(self, reader: FhirReader, to_fetch: dict[str, str],
+                   to_follow: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        jobs = {key: self._fetch(reader, key, query) for key, query in to_fetch.items()}
+        jobs.update({key: reader.follow(bundle, f"prefetch {key}") for key, bundle in to_follow.items()})
+        return await self._gather(jobs, "reading prefetch data")
 
     async def _fetch(self, reader: FhirReader, key: str, query: str) -> Any:
         what = f"prefetch {key}"
@@ -116,16 +124,10 @@ class PrefetchCompleter:
         return await reader.get(query, what)  # a read: None (404) means no data, as a null prefetch would
 
     async def _studies(self, reader: FhirReader, ids: list[str]) -> dict[str, Any]:
-        try:
-            async with asyncio.timeout(self._settings.fhir_timeout_s * 2):
-                found = await asyncio.gather(*(reader.get(f"ResearchStudy/{quote(i, safe='')}",
-                                                          "linked ResearchStudy") for i in ids))
-        except TimeoutError:
-            raise _unavailable("fetching the linked ResearchStudy took too long") from None
-        except DataUnavailable as exc:
-            raise _unavailable(str(exc)) from None
+        found = await self._gather({i: reader.get(f"ResearchStudy/{quote(i, safe='')}", "linked ResearchStudy")
+                                    for i in ids}, "reading the linked ResearchStudy")
         return {"resourceType": "Bundle", "type": "collection",
-                "entry": [{"resource": r} for r in found if r is not None]}
+                "entry": [{"resource": r} for r in found.values() if r is not None]}
 
 
 def _unavailable(message: str) -> ServiceError:
