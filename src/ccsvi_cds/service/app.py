@@ -22,7 +22,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -72,6 +72,9 @@ def guarded(endpoint: Endpoint) -> Callable[[Request], Awaitable[Response]]:
         except ServiceError as exc:
             request.scope.setdefault("ccsvi.log", {})["problem"] = exc.problems[0].message[:200]
             return error_response(exc)
+        except ClientDisconnect:  # the client went away while sending: nobody to answer
+            request.scope.setdefault("ccsvi.log", {})["problem"] = "client disconnected"
+            return Response(status_code=400)
         except Exception as exc:  # noqa: BLE001 - never a stack trace to the client
             tb = exc.__traceback__
             while tb is not None and tb.tb_next is not None:
