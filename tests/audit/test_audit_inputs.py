@@ -14,7 +14,7 @@ from audit_data import (jugular_angioplasty, linked_to, mri, ms, patient, read_n
 from ccsvi_cds.audit import sources
 from ccsvi_cds.audit.references import normalise, patient_key, study_refs
 from ccsvi_cds.audit.run import AuditOptions, run_audit
-from ccsvi_cds.audit.sources import Record, digest_and_tasks, discover, read_task
+from ccsvi_cds.audit.sources import Record, discover, plan_tasks, read_task
 
 
 def audit(rules_dir: Path, out: Path, *inputs: Path | str, workers: int = 2) -> tuple[dict[str, Any], list, list]:
@@ -139,7 +139,7 @@ def test_ndjson_source_lines_are_exact_across_chunks(tmp_path: Path) -> None:
     path = tmp_path / "many.ndjson"
     path.write_bytes(b"\n".join(lines) + b"\n")
     files = discover([str(path)])
-    _, tasks = digest_and_tasks(files, chunk_bytes=1000)
+    tasks = plan_tasks(files, chunk_bytes=1000)
     assert len(tasks) > 10
     seen = {}
     for t in tasks:

@@ -19,8 +19,8 @@ from typing import Any
 
 from .evaluator import build_evaluator
 from .join import SideTables, build_side_tables, error_line, evaluate_patient
-from .partition import (SideRow, SpillWriter, choose_shards, classify, decode_rows, estimated_bytes,
-                        group_rows, shard_files)
+from .partition import (NEEDED_TYPES, SideRow, SpillWriter, choose_shards, classify, estimated_bytes,
+                        group_shard, shard_files)
 from .parts import EngineResult, write_part
 from .sources import BadRecord, InputFile, ReadTask, read_task
 
@@ -70,7 +70,8 @@ def read_and_route(files: Sequence[InputFile], task: ReadTask,
     side: list[SideRow] = []
     errors: list[tuple[str, bytes]] = []
     paths = [f.path for f in files]
-    for rec in read_task(files, task):
+    counted: dict[str, int] = {}
+    for rec in read_task(files, task, NEEDED_TYPES, counted):
         rtype, item = classify(rec)
         if rtype is not None:
             counts[rtype] += 1
@@ -82,6 +83,7 @@ def read_and_route(files: Sequence[InputFile], task: ReadTask,
             side.append(item)
         else:
             on_row(item)
+    counts.update(counted)
     return counts, side, errors
 
 
@@ -116,7 +118,7 @@ def _evaluate_shard(shard: int) -> ShardResult:
     findings: list[tuple[str, bytes]] = []
     errors: list[tuple[str, bytes]] = []
     patients = evaluated = 0
-    for key, rows in group_rows(decode_rows(data)):
+    for key, rows in group_shard(data):
         try:
             res = evaluate_patient(key, rows, _SIDE, ev, paths)
         except Exception as exc:  # one patient's failure must not lose the rest of the shard

@@ -154,6 +154,8 @@ def evaluate_patient(
 ) -> PatientResult:
     """Join one patient's records with the studies they reference, evaluate, and format the lines."""
     out = PatientResult()
+    if not any(r.rtype == "ServiceRequest" for r in rows):
+        return out  # nothing to evaluate (most patients): not even parsed
     resources: dict[str, dict[str, Any]] = {}
     where: dict[str, Row] = {}
     for row in sorted(rows, key=Row.position):

@@ -21,6 +21,9 @@ from .sources import BadRecord, Record
 
 # Resource types the join keeps per patient (the rules read nothing else); others are counted and dropped.
 JOINED_TYPES = frozenset(PATIENT_KEYED) | {"Patient"}
+
+# What the reader must hand over in full; any other resource type is only counted.
+NEEDED_TYPES = JOINED_TYPES | SIDE_TYPES | {"Bundle"}
 _ID_RE = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 FLUSH_BYTES = 8 * 1024 * 1024
 
@@ -54,11 +57,13 @@ class SideRow:
 Classified = Row | SideRow | BadRecord | None
 
 
-def classify(rec: Record | BadRecord) -> tuple[str | None, Classified]:
+def classify(rec: Record | BadRecord | str) -> tuple[str | None, Classified]:
     """Decide what one record is for. Returns (resource type for the read counts, routed item or None).
 
     None as item means "counted, not needed". Invalid records become BadRecord with the reason.
     """
+    if type(rec) is str:  # a resource the reader was told only to count
+        return rec, None
     if isinstance(rec, BadRecord):
         return None, rec
     res = rec.resource
@@ -129,7 +134,7 @@ def shard_files(directory: Path, shard: int) -> list[Path]:
 
 
 def group_rows(rows: Iterable[Row]) -> list[tuple[str, list[Row]]]:
-    """Group one shard's rows by patient; patients and their rows in a deterministic order."""
+    """Group rows by patient; patients and their rows in a deterministic order."""
     groups: dict[str, list[Row]] = {}
     for row in rows:
         groups.setdefault(row.key, []).append(row)
@@ -139,6 +144,27 @@ def group_rows(rows: Iterable[Row]) -> list[tuple[str, list[Row]]]:
         rows_.sort(key=Row.position)
         out.append((key, rows_))
     return out
+
+
+_SR = b"ServiceRequest"
+
+
+def group_shard(data: bytes) -> Iterator[tuple[str, list[Row]]]:
+    """Group a shard's spilled lines by patient, in key order; groups without a ServiceRequest are skipped
+    before any Row is built (the join would drop them anyway), which is most patients of an export."""
+    groups: dict[bytes, list[list[bytes]]] = {}
+    for line in data.split(b"\n"):
+        if line:
+            parts = line.split(b"\t", 5)
+            groups.setdefault(parts[0], []).append(parts)
+    for key in sorted(groups):
+        items = groups[key]
+        if not any(p[1] == _SR for p in items):
+            continue
+        skey = key.decode()
+        rows = [Row(skey, p[1].decode(), int(p[2]), int(p[3]), int(p[4]), p[5]) for p in items]
+        rows.sort(key=Row.position)
+        yield skey, rows
 
 
 def choose_shards(total_bytes: int, target: int = 16 * 1024 * 1024, maximum: int = 4096) -> int:

