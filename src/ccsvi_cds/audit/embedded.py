@@ -11,7 +11,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +39,7 @@ class _Config:
 _CFG: _Config | None = None
 _EVALUATOR: Any = None
 _SIDE: SideTables | None = None
+_PARENT_PACK: Any = None  # the RulePack the parent loaded; workers inherit it through fork
 
 
 def _init(cfg: _Config) -> None:
@@ -50,7 +51,7 @@ def worker_evaluator(cfg: _Config) -> Any:
     """Build this process's Evaluator once (never in a parent before a fork: the engine handle is local)."""
     global _EVALUATOR
     if _EVALUATOR is None:
-        _EVALUATOR = build_evaluator(cfg.rules_dir, cfg.digest, cfg.base_url)
+        _EVALUATOR = build_evaluator(cfg.rules_dir, cfg.digest, cfg.base_url, _PARENT_PACK)
     return _EVALUATOR
 
 
@@ -142,7 +143,7 @@ def _evaluate_shard(shard: int) -> ShardResult:
 Progress = Callable[[str, int, int], None]  # (phase, advance, total)
 
 
-def _drain(pool: ProcessPoolExecutor, jobs: list[tuple[Callable[..., Any], tuple[Any, ...]]],
+def _drain(pool: ProcessPoolExecutor, jobs: Iterable[tuple[Callable[..., Any], tuple[Any, ...]]],
            on_done: Callable[[Any], None], window: int) -> None:
     """Run jobs with at most ``window`` in flight (bounded memory for results), in completion order."""
     pending: set[Future[Any]] = set()
@@ -159,10 +160,16 @@ def _drain(pool: ProcessPoolExecutor, jobs: list[tuple[Callable[..., Any], tuple
             on_done(d.result())
 
 
-def run_embedded(files: Sequence[InputFile], tasks: Sequence[ReadTask], rules_dir: Path, workdir: Path,
+def run_embedded(files: Sequence[InputFile], tasks: Iterable[ReadTask], rules_dir: Path, workdir: Path,
                  workers: int | None = None, progress: Progress | None = None,
-                 base_url: str | None = None, digest: str | None = None) -> EngineResult:
-    """Run the audit on a local process pool; returns counts and sorted part files under ``workdir``."""
+                 base_url: str | None = None, digest: str | None = None, pack: Any = None,
+                 on_started: Callable[[], None] | None = None) -> EngineResult:
+    """Run the audit on a local process pool; returns counts and sorted part files under ``workdir``.
+
+    ``pack``: the RulePack the caller loaded (and whose digest it reports), shared with the forked workers.
+    """
+    global _PARENT_PACK
+    _PARENT_PACK = pack
     workers = workers or os.cpu_count() or 1
     spill_dir, parts_dir = workdir / "spill", workdir / "parts"
     spill_dir.mkdir(parents=True, exist_ok=True)
@@ -193,7 +200,11 @@ def run_embedded(files: Sequence[InputFile], tasks: Sequence[ReadTask], rules_di
 
     ctx = mp.get_context("fork")
     with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init, initargs=(cfg,)) as pool:
-        _drain(pool, [(_spill, (i, t)) for i, t in enumerate(tasks)], spilled, workers * 4)
+        # Tasks may be planned lazily: workers start on the first file while the rest is still scanned.
+        pool.submit(int).result()  # workers are forked now, before the caller's threads start
+        if on_started is not None:
+            on_started()
+        _drain(pool, ((_spill, (i, t)) for i, t in enumerate(tasks)), spilled, workers * 4)
         (spill_dir / "side.json").write_bytes(build_side_tables(side_rows).to_json())
         del side_rows[:]
         _drain(pool, [(_evaluate_shard, (s,)) for s in range(n_shards)], evaluated, workers * 4)

@@ -15,11 +15,14 @@ class PackChanged(RuntimeError):
     """The rule pack on disk changed while the audit was running."""
 
 
-def build_evaluator(rules_dir: str, digest: str | None, base_url: str | None) -> Any:
+def build_evaluator(rules_dir: str, digest: str | None, base_url: str | None, pack: Any = None) -> Any:
+    """An Evaluator for this process. ``pack``: a RulePack already loaded by the parent (plain data, safe to
+    inherit through fork; only the engine handle must be built here), else it is loaded from ``rules_dir``."""
     from ccsvi_cds.evaluate import Evaluator
     from ccsvi_cds.rulepack import load_pack
 
-    pack = load_pack(Path(rules_dir))
+    if pack is None:
+        pack = load_pack(Path(rules_dir))
     if digest is not None and pack.digest != digest:
         raise PackChanged(f"the rule pack in {rules_dir} changed during the audit (digest {pack.digest[:12]}, "
                           f"expected {digest[:12]}): run the audit again")

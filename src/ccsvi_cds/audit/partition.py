@@ -28,7 +28,7 @@ _ID_RE = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 FLUSH_BYTES = 8 * 1024 * 1024
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Row:
     """A patient-keyed record on its way to the join. line/entry are 0 when not applicable."""
 
@@ -43,7 +43,7 @@ class Row:
         return (self.file_index, self.line, self.entry)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SideRow:
     """A record for a side table (ResearchStudy, Organization, Practitioner, PractitionerRole)."""
 

@@ -7,7 +7,7 @@ broken rule pack) is checked before any work; outputs are staged and published o
 from __future__ import annotations
 
 import shutil
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -20,7 +20,7 @@ from typing import Any, Literal
 from .outputs import OUTPUT_NAMES, publish, sha256_file, staged, write_errors, write_findings, write_json
 from .parts import EngineResult
 from .report import write_report
-from .sources import discover, plan_tasks, sha256_of
+from .sources import discover, iter_tasks, plan_tasks, sha256_of
 
 Progress = Callable[[str, int, int], None]
 
@@ -53,9 +53,11 @@ def run_audit(opts: AuditOptions, progress: Progress | None = None) -> dict[str,
     started_at = datetime.now(UTC).replace(microsecond=0).isoformat()
     files = discover(opts.inputs)  # InputError: before any work
     pack = load_pack(opts.rules_dir)  # PackError: before any work
-    tasks = plan_tasks(files)
     hashing = ThreadPoolExecutor(1, thread_name_prefix="sha256")  # overlaps the engine's work
-    digest_futures = [hashing.submit(sha256_of, f.path) for f in files]
+    digest_futures: list[Future[str]] = []
+
+    def start_hashing() -> None:
+        digest_futures.extend(hashing.submit(sha256_of, f.path) for f in files)
 
     opts.out_dir.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix="ccsvi-audit-", dir=opts.workdir or opts.out_dir))
@@ -64,13 +66,14 @@ def run_audit(opts: AuditOptions, progress: Progress | None = None) -> dict[str,
         if opts.engine == "spark":
             from .spark import run_spark  # PySpark is optional: imported only here
 
-            result = run_spark(files, tasks, opts.rules_dir, scratch, master=opts.spark_master,
+            start_hashing()
+            result = run_spark(files, plan_tasks(files), opts.rules_dir, scratch, master=opts.spark_master,
                                conf=opts.spark_conf, base_url=opts.base_url, digest=pack.digest)
         else:
             from .embedded import run_embedded
 
-            result = run_embedded(files, tasks, opts.rules_dir, scratch, opts.workers, progress, opts.base_url,
-                                      pack.digest)
+            result = run_embedded(files, iter_tasks(files), opts.rules_dir, scratch, opts.workers, progress,
+                                  opts.base_url, pack.digest, pack, on_started=start_hashing)
         digests = [d.result() for d in digest_futures]
         with staged(opts.out_dir) as stage:
             stats = write_findings(stage, result.finding_parts)

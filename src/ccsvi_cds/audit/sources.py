@@ -57,7 +57,7 @@ class ReadTask:
     first_line: int = 1
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Record:
     """A parsed resource and where it came from. ``raw`` is the original NDJSON line (no re-serialising)."""
 
@@ -68,7 +68,7 @@ class Record:
     entry: int | None
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class BadRecord:
     """A record that could not be read; becomes one line of errors.ndjson."""
 
@@ -243,31 +243,33 @@ def sha256_of(path: str) -> str:
 def plan_tasks(files: Sequence[InputFile], chunk_bytes: int | None = None) -> list[ReadTask]:
     """Read tasks: plain NDJSON files are cut into ~``chunk_bytes`` tasks at newline boundaries, with the
     line number each task starts at, so that parallel readers still report true line numbers."""
+    return list(iter_tasks(files, chunk_bytes))
+
+
+def iter_tasks(files: Sequence[InputFile], chunk_bytes: int | None = None) -> Iterator[ReadTask]:
+    """``plan_tasks`` lazily, file by file, so that workers start on the first tasks during the scan."""
     chunk_bytes = chunk_bytes or CHUNK_BYTES
-    tasks: list[ReadTask] = []
     for idx, f in enumerate(files):
         splittable = f.kind == "ndjson" and not f.gzip and f.size > chunk_bytes
         start, first_line, lines_before, offset = 0, 1, 0, 0
         next_cut = chunk_bytes
         if not splittable:
-            tasks.append(ReadTask(idx, 0, -1, 1))
+            yield ReadTask(idx, 0, -1, 1)
             continue
         with open(f.path, "rb") as fh:
             while block := fh.read(_BLOCK):
-                if splittable:
-                    while next_cut < offset + len(block):
-                        nl = block.find(b"\n", next_cut - offset)
-                        if nl < 0:
-                            break
-                        cut = offset + nl + 1
-                        tasks.append(ReadTask(idx, start, cut, first_line))
-                        first_line = lines_before + block.count(b"\n", 0, nl + 1) + 1
-                        start = cut
-                        next_cut = cut + chunk_bytes
-                    lines_before += block.count(b"\n")
+                while next_cut < offset + len(block):
+                    nl = block.find(b"\n", next_cut - offset)
+                    if nl < 0:
+                        break
+                    cut = offset + nl + 1
+                    yield ReadTask(idx, start, cut, first_line)
+                    first_line = lines_before + block.count(b"\n", 0, nl + 1) + 1
+                    start = cut
+                    next_cut = cut + chunk_bytes
+                lines_before += block.count(b"\n")
                 offset += len(block)
-        tasks.append(ReadTask(idx, start, -1, first_line))
-    return tasks
+        yield ReadTask(idx, start, -1, first_line)
 
 
 # ---------------------------------------------------------------------------------------------- reading
