@@ -35,7 +35,7 @@ from .hook import HookHandler
 from .jwt_auth import JwtVerifier
 from .models import FeedbackRequest, parse_json, validate
 from .prefetch import PrefetchCompleter
-from .replay import ReplayCache
+from .replay import ReplayCache, replay_path
 from .settings import ServiceSettings
 from .state import RuleState
 
@@ -203,7 +203,7 @@ def create_app(settings: ServiceSettings | None = None) -> Starlette:
                                    timeout=httpx.Timeout(settings.fhir_timeout_s),
                                    limits=httpx.Limits(max_connections=100, max_keepalive_connections=20))
         store = Store(settings.db_path)
-        replay = ReplayCache(settings.db_path)
+        replay = ReplayCache(replay_path(settings.db_path))
         verifier = JwtVerifier(settings, client, replay) if settings.auth_enabled else None
         hooks = HookHandler(settings, rules, store, PrefetchCompleter(settings, client))
         app.state.runtime = Runtime(settings, rules, store, client, verifier, hooks)

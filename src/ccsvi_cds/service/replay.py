@@ -1,7 +1,8 @@
-"""JWT `jti` replay cache shared by all worker processes (a table in the service's SQLite file).
+"""JWT `jti` replay cache shared by all worker processes (a small SQLite file beside the decision store).
 
 An in-process cache alone would let a token replayed to the other worker through; SQLite with a primary
-key on (iss, jti) makes "first use wins" atomic across processes. Entries are dropped once expired.
+key on (iss, jti) makes "first use wins" atomic across processes. Entries are dropped once expired. Its own
+file, so that the check (on the event loop) never waits for the decision writer's batch commits.
 """
 
 from __future__ import annotations
@@ -11,8 +12,14 @@ import time
 from pathlib import Path
 
 
+def replay_path(db_path: Path) -> Path:
+    """`service.sqlite3` -> `service.jti.sqlite3`."""
+    return db_path.with_name(db_path.stem + ".jti" + (db_path.suffix or ".sqlite3"))
+
+
 class ReplayCache:
     def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(str(path), timeout=10, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
