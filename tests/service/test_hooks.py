@@ -325,3 +325,9 @@ def test_allow_fhir_server_option_is_repeatable(service_factory: Any, fhir: Fake
     del req["prefetch"]["conditions"]
     assert rules_of(cards_of(svc.post(SIGN, req))) == ["venous-angioplasty-ms"]
     assert searched(fhir) == ["Condition"]
+
+
+def test_order_sign_ignores_selections(svc: Service) -> None:
+    req = p.order_sign()
+    req["context"]["selections"] = ["ServiceRequest/sr-mri"]
+    assert rules_of(cards_of(svc.post(SIGN, req))) == ["venous-angioplasty-ms"]

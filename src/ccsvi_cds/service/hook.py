@@ -67,6 +67,8 @@ class HookHandler:
                 raise ServiceError(400, Problem("order-select requires context.selections",
                                                 ("context", "selections"), code="required"))
             raw_context = {**raw_context, "selections": resolve_selections(context.selections, draft_orders)}
+        elif "selections" in raw_context:  # order-sign judges every draft order, whatever a client adds
+            raw_context = {k: v for k, v in raw_context.items() if k != "selections"}
         prefetch = await self._completer.complete(req, context, draft_orders)
         normalized = {"hook": req.hook, "context": raw_context, "prefetch": prefetch}
         try:  # the digest of what was evaluated: the same clinical input gives the same digest
