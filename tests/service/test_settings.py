@@ -48,7 +48,10 @@ def test_exposure_rules() -> None:
     assert not is_loopback("0.0.0.0") and not is_loopback("10.0.0.1")
     ServiceSettings(host="127.0.0.1").check_exposure()
     ServiceSettings(host="0.0.0.0", insecure_no_auth=True).check_exposure()
-    ServiceSettings(host="0.0.0.0", trusted_issuers=[{"iss": "https://ehr", "jku": ["https://ehr/jwks"]}]).check_exposure()
+    issuers = [{"iss": "https://ehr", "jku": ["https://ehr/jwks"]}]
+    ServiceSettings(host="0.0.0.0", trusted_issuers=issuers, base_url="https://cds.example.org").check_exposure()
+    with pytest.raises(ValueError, match="set base_url"):
+        ServiceSettings(host="0.0.0.0", trusted_issuers=issuers).check_exposure()
     with pytest.raises(ValueError, match="refusing"):
         ServiceSettings(host="0.0.0.0").check_exposure()
     assert not ServiceSettings(insecure_no_auth=True, trusted_issuers=[

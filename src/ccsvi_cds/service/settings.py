@@ -158,6 +158,11 @@ class ServiceSettings(BaseSettings):
                 f"refusing to listen on {self.host!r} without authentication: configure trusted JWT issuers "
                 "(CCSVI_TRUSTED_ISSUERS) or pass --insecure-no-auth (CCSVI_INSECURE_NO_AUTH=true)"
             )
+        if self.auth_enabled and not self.base_url and not is_loopback(self.host):
+            raise ValueError(
+                f"set base_url (--base-url / CCSVI_BASE_URL) to the URL the EHR calls: JWT aud is checked against "
+                f"it, and {self.public_url} is not an address an EHR would use"
+            )
 
     @classmethod
     def settings_customise_sources(
