@@ -188,3 +188,19 @@ def test_workers_refuse_a_rule_pack_that_changed_during_the_audit(rules_dir: Pat
     assert build_evaluator(str(rules_dir), load_pack(rules_dir).digest, None) is not None
     with pytest.raises(PackChanged, match="changed during the audit"):
         build_evaluator(str(rules_dir), "0" * 64, None)
+
+
+def test_validate_option_reports_invalid_fhir(tmp_path: Path, rules_dir: Path) -> None:
+    bad_status = jugular_angioplasty("sr2", "Patient/p1")
+    bad_status["authoredOn"] = "yesterday"  # not a FHIR dateTime
+    path = write_ndjson(tmp_path / "in.ndjson", [patient("p1"), ms("c1", "Patient/p1"),
+                                                 jugular_angioplasty("sr1", "Patient/p1"), bad_status])
+    out = tmp_path / "out"
+    result = CliRunner().invoke(audit_cmd, [str(path), "--out", str(out), "--rules", str(rules_dir),
+                                            "--workers", "1", "--validate"])
+    assert result.exit_code == 0, result.output
+    findings = read_ndjson(out / "findings.ndjson")
+    errors = read_ndjson(out / "errors.ndjson")
+    assert [f["serviceRequest"] for f in findings] == ["ServiceRequest/sr1"]
+    assert [e["line"] for e in errors] == [4] and "invalid FHIR" in errors[0]["reason"]
+    assert orjson.loads((out / "summary.json").read_bytes())["fhirValidation"] is True

@@ -49,11 +49,14 @@ def _progress_bar():  # type: ignore[no-untyped-def]
 @click.option("--spark-conf", multiple=True, metavar="KEY=VALUE", help="Extra Spark configuration (repeatable).")
 @click.option("--base-url", default=None,
               help="The CDS service's public base URL, so card links match what the EHR was shown.")
+@click.option("--validate", is_flag=True,
+              help="Fully validate each resource of a patient with an order (fhir.resources) before evaluating; "
+                   "invalid ones are reported in errors.ndjson and skipped. Slow: about 3,000 resources/s per core.")
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where to spill temporary shards (default: inside --out). Needs about the input's size free.")
 def audit(inputs: tuple[str, ...], out_dir: Path, rules_dir: Path | None, engine: str, workers: int | None,
           spark_master: str | None, spark_conf: tuple[str, ...], base_url: str | None,
-          workdir: Path | None) -> None:
+          validate: bool, workdir: Path | None) -> None:
     """Audit FHIR Bundles, NDJSON files and Bulk Data export directories (gzip accepted) for CCSVI referrals.
 
     Every ServiceRequest is evaluated whatever its status (except entered-in-error), with the same rules and
@@ -75,7 +78,7 @@ def audit(inputs: tuple[str, ...], out_dir: Path, rules_dir: Path | None, engine
         except ImportError:
             raise click.ClickException("--engine spark needs PySpark: pip install 'ccsvi-cds[spark]'") from None
     opts = AuditOptions(inputs, out_dir, rules_dir or _default_rules(), engine,  # type: ignore[arg-type]
-                        workers, spark_master, tuple(conf), workdir, base_url)
+                        workers, spark_master, tuple(conf), workdir, base_url, validate)
     prog, tick = _progress_bar()
     try:
         if prog is not None:

@@ -31,6 +31,7 @@ class _Config:
     rules_dir: str
     digest: str | None
     base_url: str | None
+    validate: bool
     spill_dir: Path
     parts_dir: Path
     n_shards: int
@@ -51,7 +52,7 @@ def worker_evaluator(cfg: _Config) -> Any:
     """Build this process's Evaluator once (never in a parent before a fork: the engine handle is local)."""
     global _EVALUATOR
     if _EVALUATOR is None:
-        _EVALUATOR = build_evaluator(cfg.rules_dir, cfg.digest, cfg.base_url, _PARENT_PACK)
+        _EVALUATOR = build_evaluator(cfg.rules_dir, cfg.digest, cfg.base_url, _PARENT_PACK, cfg.validate)
     return _EVALUATOR
 
 
@@ -163,7 +164,7 @@ def _drain(pool: ProcessPoolExecutor, jobs: Iterable[tuple[Callable[..., Any], t
 def run_embedded(files: Sequence[InputFile], tasks: Iterable[ReadTask], rules_dir: Path, workdir: Path,
                  workers: int | None = None, progress: Progress | None = None,
                  base_url: str | None = None, digest: str | None = None, pack: Any = None,
-                 on_started: Callable[[], None] | None = None) -> EngineResult:
+                 on_started: Callable[[], None] | None = None, validate: bool = False) -> EngineResult:
     """Run the audit on a local process pool; returns counts and sorted part files under ``workdir``.
 
     ``pack``: the RulePack the caller loaded (and whose digest it reports), shared with the forked workers.
@@ -175,7 +176,7 @@ def run_embedded(files: Sequence[InputFile], tasks: Iterable[ReadTask], rules_di
     spill_dir.mkdir(parents=True, exist_ok=True)
     parts_dir.mkdir(parents=True, exist_ok=True)
     n_shards = choose_shards(estimated_bytes([(f.size, f.gzip) for f in files]))
-    cfg = _Config(tuple(files), str(rules_dir), digest, base_url, spill_dir, parts_dir, n_shards)
+    cfg = _Config(tuple(files), str(rules_dir), digest, base_url, validate, spill_dir, parts_dir, n_shards)
     result = EngineResult()
     counts: Counter[str] = Counter()
     side_rows: list[SideRow] = []

@@ -15,7 +15,8 @@ class PackChanged(RuntimeError):
     """The rule pack on disk changed while the audit was running."""
 
 
-def build_evaluator(rules_dir: str, digest: str | None, base_url: str | None, pack: Any = None) -> Any:
+def build_evaluator(rules_dir: str, digest: str | None, base_url: str | None, pack: Any = None,
+                    validate: bool = False) -> Any:
     """An Evaluator for this process. ``pack``: a RulePack already loaded by the parent (plain data, safe to
     inherit through fork; only the engine handle must be built here), else it is loaded from ``rules_dir``."""
     from ccsvi_cds.evaluate import Evaluator
@@ -26,4 +27,7 @@ def build_evaluator(rules_dir: str, digest: str | None, base_url: str | None, pa
     if digest is not None and pack.digest != digest:
         raise PackChanged(f"the rule pack in {rules_dir} changed during the audit (digest {pack.digest[:12]}, "
                           f"expected {digest[:12]}): run the audit again")
-    return Evaluator(pack, base_url=base_url) if base_url else Evaluator(pack)
+    kwargs: dict[str, Any] = {"validate": validate}
+    if base_url:
+        kwargs["base_url"] = base_url
+    return Evaluator(pack, **kwargs)

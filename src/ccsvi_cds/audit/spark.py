@@ -25,12 +25,12 @@ from .sources import InputFile, ReadTask
 _EVALUATORS: dict[str, Any] = {}
 
 
-def _evaluator(rules_dir: str, digest: str | None, base_url: str | None) -> Any:
+def _evaluator(rules_dir: str, digest: str | None, base_url: str | None, validate: bool) -> Any:
     """One Evaluator per Python worker process, built there on first use."""
-    key = f"{rules_dir}|{digest}|{base_url}"
+    key = f"{rules_dir}|{digest}|{base_url}|{validate}"
     ev = _EVALUATORS.get(key)
     if ev is None:
-        ev = _EVALUATORS[key] = build_evaluator(rules_dir, digest, base_url)
+        ev = _EVALUATORS[key] = build_evaluator(rules_dir, digest, base_url, validate=validate)
     return ev
 
 
@@ -50,10 +50,11 @@ def _read(files: Sequence[InputFile], item: tuple[int, ReadTask]) -> Iterator[tu
 
 
 def _evaluate(groups: Iterable[tuple[str, Iterable[tuple[Any, ...]]]], side_b: Any, rules_dir: str,
-              digest: str | None, base_url: str | None, paths: Sequence[str]) -> Iterator[tuple[Any, ...]]:
+              digest: str | None, base_url: str | None, validate: bool,
+              paths: Sequence[str]) -> Iterator[tuple[Any, ...]]:
     """Evaluate each patient group of a partition: F finding, E error, N (patients, evaluated) lines."""
     side: SideTables = side_b.value
-    ev = _evaluator(rules_dir, digest, base_url)
+    ev = _evaluator(rules_dir, digest, base_url, validate)
     patients = evaluated = 0
     for key, values in groups:
         rows = [Row(key, t, fi, ln, en, raw) for t, fi, ln, en, raw in values]
@@ -111,7 +112,7 @@ def session(master: str | None = None, conf: Sequence[tuple[str, str]] = ()) -> 
 
 def run_spark(files: Sequence[InputFile], tasks: Sequence[ReadTask], rules_dir: Path, workdir: Path,
               master: str | None = None, conf: Sequence[tuple[str, str]] = (),
-              base_url: str | None = None, digest: str | None = None) -> EngineResult:
+              base_url: str | None = None, digest: str | None = None, validate: bool = False) -> EngineResult:
     """Run the audit on Spark; returns counts and the sorted parts (written by the driver under ``workdir``)."""
     from pyspark import StorageLevel
 
@@ -143,7 +144,7 @@ def run_spark(files: Sequence[InputFile], tasks: Sequence[ReadTask], rules_dir: 
         # Pass 2: group by patient, evaluate where the data is.
         out = (items.filter(lambda x: x[0] == "R").map(lambda x: (x[1], x[2]))
                .groupByKey(n_groups)
-               .mapPartitions(lambda g: _evaluate(g, side_b, rules, digest, base_url, paths)))
+               .mapPartitions(lambda g: _evaluate(g, side_b, rules, digest, base_url, validate, paths)))
         out.persist(StorageLevel.MEMORY_AND_DISK)
         try:
             for _, p, e in out.filter(lambda x: x[0] == "N").collect():
