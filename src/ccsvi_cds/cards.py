@@ -29,6 +29,23 @@ class CardBuilder:
         self._details = {r.id: self.env.from_string(inline_citations(r.card.detail, pack.evidence)) for r in pack.rules}
         self._reasons = {r.code: r for r in pack.manifest.override_reasons}
         self._links = {link.id: link for link in pack.manifest.links}
+        # The parts of a card that depend only on the pack are built once and shared by every card:
+        # cards are read-only data (the service copies before adding its uuid).
+        pack_ext = {"name": pack.name, "version": pack.version, "digest": pack.digest}
+        self._static = {
+            r.id: {
+                "source": self._source(r),
+                "overrideReasons": [
+                    {"system": OVERRIDE_SYSTEM, "code": code, "display": self._reasons[code].display}
+                    for code in r.card.override_reasons
+                ],
+                f"{EXTENSION_PREFIX}.rule": {"id": r.id, "version": r.version},
+                f"{EXTENSION_PREFIX}.pack": pack_ext,
+                f"{EXTENSION_PREFIX}.evidence": list(r.card.evidence),
+            }
+            for r in pack.rules
+        }
+        self._link_cache: dict[tuple[str, str], list[dict[str, str]]] = {}
 
     def build(self, rule: Rule, facts: Mapping[str, Mapping[str, Any]], matched: Mapping[str, Any],
               base_url: str | None = None) -> dict[str, Any]:
@@ -36,11 +53,12 @@ class CardBuilder:
         base = (base_url or self.base_url).rstrip("/")
         order_ref = facts["order"]["ref"]
         spec = rule.card
+        static = self._static[rule.id]
         card: dict[str, Any] = {
             "summary": spec.summary,
             "indicator": rule.indicator,
             "detail": _tidy(self._details[rule.id].render(**facts)),
-            "source": self._source(rule),
+            "source": static["source"],
         }
         suggestions = []
         for i, s in enumerate(spec.suggestions):
@@ -57,19 +75,17 @@ class CardBuilder:
         if suggestions:
             card["suggestions"] = suggestions
             card["selectionBehavior"] = "at-most-one"
-        if spec.override_reasons:
-            card["overrideReasons"] = [
-                {"system": OVERRIDE_SYSTEM, "code": code, "display": self._reasons[code].display}
-                for code in spec.override_reasons
-            ]
-        links = [self._link(link_id, base) for link_id in spec.links]
+        if static["overrideReasons"]:
+            card["overrideReasons"] = static["overrideReasons"]
+        links = self._link_cache.get((rule.id, base))
+        if links is None:
+            links = self._link_cache[(rule.id, base)] = [self._link(link_id, base) for link_id in spec.links]
         if links:
             card["links"] = links
         card["extension"] = {
-            f"{EXTENSION_PREFIX}.rule": {"id": rule.id, "version": rule.version},
-            f"{EXTENSION_PREFIX}.pack": {"name": self.pack.name, "version": self.pack.version,
-                                          "digest": self.pack.digest},
-            f"{EXTENSION_PREFIX}.evidence": list(spec.evidence),
+            f"{EXTENSION_PREFIX}.rule": static[f"{EXTENSION_PREFIX}.rule"],
+            f"{EXTENSION_PREFIX}.pack": static[f"{EXTENSION_PREFIX}.pack"],
+            f"{EXTENSION_PREFIX}.evidence": static[f"{EXTENSION_PREFIX}.evidence"],
             f"{EXTENSION_PREFIX}.matched": {alias: dict(f) for alias, f in matched.items()},
         }
         return card
