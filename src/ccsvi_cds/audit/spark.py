@@ -46,7 +46,7 @@ def _read(files: Sequence[InputFile], item: tuple[int, ReadTask]) -> Iterator[tu
         yield ("S", s)
     for k, v in errors:
         yield ("E", k, v)
-    yield ("C", dict(counts))
+    yield ("C", dict(counts), len(errors))
 
 
 def _evaluate(groups: Iterable[tuple[str, Iterable[tuple[Any, ...]]]], side_b: Any, rules_dir: str,
@@ -55,7 +55,7 @@ def _evaluate(groups: Iterable[tuple[str, Iterable[tuple[Any, ...]]]], side_b: A
     """Evaluate each patient group of a partition: F finding, E error, N (patients, evaluated) lines."""
     side: SideTables = side_b.value
     ev = _evaluator(rules_dir, digest, base_url, validate)
-    patients = evaluated = 0
+    patients = evaluated = n_findings = n_errors = 0
     for key, values in groups:
         rows = [Row(key, t, fi, ln, en, raw) for t, fi, ln, en, raw in values]
         try:
@@ -65,27 +65,32 @@ def _evaluate(groups: Iterable[tuple[str, Iterable[tuple[Any, ...]]]], side_b: A
             k, v = error_line(paths[first.file_index], first.file_index, first.line or None, first.entry or None,
                               f"evaluation failed: {type(exc).__name__}", key)
             yield ("E", k, v)
+            n_errors += 1
             continue
         for k, v in res.findings:
             yield ("F", k, v)
         for k, v in res.errors:
             yield ("E", k, v)
+        n_findings += len(res.findings)
+        n_errors += len(res.errors)
         if res.evaluated:
             patients += 1
             evaluated += res.evaluated
-    yield ("N", patients, evaluated)
+    yield ("N", patients, evaluated, n_findings, n_errors)
 
 
-def _write_sorted(rdd: Any, path: Path) -> Path | None:
-    """Write (key, json) pairs in key order through the driver one partition at a time."""
-    n = 0
-    with open(path, "wb") as fh:
-        for k, v in rdd.sortByKey().toLocalIterator():
-            fh.write(k.encode() + b"\t" + v + b"\n")
-            n += 1
+COLLECT_MAX = 200_000  # lines: below this a sorted collect is cheaper than a distributed sort
+
+
+def _write_sorted(rdd: Any, path: Path, n: int) -> Path | None:
+    """Write the ``n`` (key, json) pairs of ``rdd`` in key order. Findings and errors are usually few: one
+    collect; beyond COLLECT_MAX, a distributed sort streamed to the driver a partition at a time."""
     if n == 0:
-        path.unlink()
         return None
+    lines = sorted(rdd.collect()) if n <= COLLECT_MAX else rdd.sortByKey().toLocalIterator(prefetchPartitions=True)
+    with open(path, "wb") as fh:
+        for k, v in lines:
+            fh.write(k.encode() + b"\t" + v + b"\n")
     return path
 
 
@@ -131,29 +136,35 @@ def run_spark(files: Sequence[InputFile], tasks: Sequence[ReadTask], rules_dir: 
         # Pass 1: the small things every patient may need (side tables), read counts and read errors.
         counts: Counter[str] = Counter()
         side_rows = []
-        for tag, *rest in items.filter(lambda x: x[0] in ("S", "C")).toLocalIterator():
+        n_read_errors = 0
+        # collect (not toLocalIterator): computes and caches every partition in parallel; this part is small.
+        for tag, *rest in items.filter(lambda x: x[0] in ("S", "C")).collect():
             if tag == "S":
                 side_rows.append(rest[0])
             else:
                 counts.update(rest[0])
+                n_read_errors += rest[1]
         side_b = sc.broadcast(build_side_tables(side_rows))
         del side_rows
         result = EngineResult(read_counts=dict(sorted(counts.items())))
         read_errors = _write_sorted(items.filter(lambda x: x[0] == "E").map(lambda x: (x[1], x[2])),
-                                    parts / "read.errors")
+                                    parts / "read.errors", n_read_errors)
         # Pass 2: group by patient, evaluate where the data is.
         out = (items.filter(lambda x: x[0] == "R").map(lambda x: (x[1], x[2]))
                .groupByKey(n_groups)
                .mapPartitions(lambda g: _evaluate(g, side_b, rules, digest, base_url, validate, paths)))
         out.persist(StorageLevel.MEMORY_AND_DISK)
         try:
-            for _, p, e in out.filter(lambda x: x[0] == "N").collect():
+            n_findings = n_errors = 0
+            for _, p, e, nf, ne in out.filter(lambda x: x[0] == "N").collect():
                 result.patients += p
                 result.evaluated += e
+                n_findings += nf
+                n_errors += ne
             findings = _write_sorted(out.filter(lambda x: x[0] == "F").map(lambda x: (x[1], x[2])),
-                                     parts / "spark.findings")
+                                     parts / "spark.findings", n_findings)
             errors = _write_sorted(out.filter(lambda x: x[0] == "E").map(lambda x: (x[1], x[2])),
-                                   parts / "eval.errors")
+                                   parts / "eval.errors", n_errors)
         finally:
             out.unpersist()
         result.finding_parts = [p for p in (findings,) if p]
