@@ -217,17 +217,17 @@ class _Context:
                 linked.append(target)
         candidates = list(dict.fromkeys(linked + enrolled_studies))
         if not candidates:
-            return {"trial": "none", "study": None, "study_status": None}
+            return {"trial": "none", "study": None, "study_status": None, "study_title": None}
         statuses = []
         for study in candidates:
             found = self.by_ref.get(study)
             status = study_status(found.resource, found.path) if found else "unknown"
-            statuses.append((study, status))
-        for study, status in statuses:
-            if status in self.policy.approved_study_status:
-                return {"trial": "approved", "study": study, "study_status": status}
-        study, status = statuses[0]
-        return {"trial": "not-approved", "study": study, "study_status": status}
+            title = as_str(found.resource.get("title"), f"{found.path}.title") if found else None
+            statuses.append((study, status, title[:120] if title else None))
+        approved = [s for s in statuses if s[1] in self.policy.approved_study_status]
+        study, status, title = (approved or statuses)[0]
+        return {"trial": "approved" if approved else "not-approved", "study": study, "study_status": status,
+                "study_title": title}
 
 
 def _requester(order: Resource, path: str, aliases: dict[str, str]) -> str | None:

@@ -35,7 +35,7 @@ MATCHABLE: dict[str, FactFields] = {
 
 # Fields a card template may show besides the matchable ones.
 DISPLAY_ONLY: dict[str, tuple[str, ...]] = {
-    "order": ("ref", "patient", "study", "authored", "requester", "text"),
+    "order": ("ref", "patient", "study", "study_title", "authored", "requester", "text"),
     "patient": ("ref", "ms_conditions"),
     "procedure": ("ref", "patient", "performed", "text"),
 }
