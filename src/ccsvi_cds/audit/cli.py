@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 
@@ -17,14 +18,18 @@ def _default_rules() -> Path:
     return default_rules_dir()
 
 
+def _terminate(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def _progress_bar():  # type: ignore[no-untyped-def]
     """A rich progress bar on a terminal (stderr); nothing when output is redirected (CI, cron)."""
     if not sys.stderr.isatty():
         return None, None
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
-    prog = Progress(TextColumn("{task.description:<10}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+    prog = Progress(TextColumn("{task.description:<10}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn(),
                     console=Console(stderr=True), transient=False)
     tasks: dict[str, int] = {}
 
@@ -79,6 +84,9 @@ def audit(inputs: tuple[str, ...], out_dir: Path, rules_dir: Path | None, engine
             raise click.ClickException("--engine spark needs PySpark: pip install 'ccsvi-cds[spark]'") from None
     opts = AuditOptions(inputs, out_dir, rules_dir or _default_rules(), engine,  # type: ignore[arg-type]
                         workers, spark_master, tuple(conf), workdir, base_url, validate)
+    # SIGTERM (a scheduler stopping the job) unwinds like Ctrl-C: temporary files are removed and the
+    # outputs of a previous audit in DIR stay as they were.
+    signal.signal(signal.SIGTERM, _terminate)
     prog, tick = _progress_bar()
     try:
         if prog is not None:
@@ -94,8 +102,8 @@ def audit(inputs: tuple[str, ...], out_dir: Path, rules_dir: Path | None, engine
         raise click.ClickException(str(exc)) from None
     f = summary["findings"]
     click.echo(
-        f"{summary['read']['total']} resources read, {summary['serviceRequestsEvaluated']} ServiceRequests "
-        f"evaluated, {f['total']} findings ({', '.join(f'{k} {v}' for k, v in f['byRule'].items()) or 'none'}), "
-        f"{summary['errors']['total']} records skipped (errors.ndjson), in {summary['durationSeconds']:.1f} s. "
+        f"{summary['read']['total']:,} resources read, {summary['serviceRequestsEvaluated']:,} ServiceRequests "
+        f"evaluated, {f['total']:,} findings ({', '.join(f'{k} {v:,}' for k, v in f['byRule'].items()) or 'none'}), "
+        f"{summary['errors']['total']:,} records skipped (errors.ndjson), in {summary['durationSeconds']:.1f} s. "
         f"Outputs in {out_dir}/"
     )

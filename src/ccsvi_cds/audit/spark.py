@@ -95,8 +95,9 @@ def _write_sorted(rdd: Any, path: Path, n: int) -> Path | None:
 
 
 def session(master: str | None = None, conf: Sequence[tuple[str, str]] = ()) -> Any:
-    """The active SparkSession, or a new one: ``master`` > spark.master from the usual config > local[*]."""
-    from pyspark import SparkConf
+    """The active SparkSession, or a new one. The master is ``master`` if given, else whatever the usual
+    Spark configuration says (spark-defaults.conf in SPARK_CONF_DIR, PYSPARK_SUBMIT_ARGS), else local[*]
+    (spark-submit's own default)."""
     from pyspark.sql import SparkSession
 
     active = SparkSession.getActiveSession()
@@ -104,12 +105,9 @@ def session(master: str | None = None, conf: Sequence[tuple[str, str]] = ()) -> 
         return active
     # Executors in local mode run this interpreter (the venv that has ccsvi_cds and the rule engine).
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    sconf = SparkConf()  # reads spark-defaults via spark-submit / SPARK_CONF_DIR when present
     builder = SparkSession.builder.appName("ccsvi-cds audit")
     if master:
         builder = builder.master(master)
-    elif not sconf.contains("spark.master"):
-        builder = builder.master("local[*]")
     for k, v in conf:
         builder = builder.config(k, v)
     return builder.getOrCreate()
