@@ -145,7 +145,7 @@ def run_audit(export: Path, engine: str) -> dict[str, Any]:
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     sampler = TreeSampler(proc.pid)
     sampler.start()
-    stdout, stderr = proc.communicate()
+    _, stderr = proc.communicate()
     wall = time.perf_counter() - t
     after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the audit and every process it waited for
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)

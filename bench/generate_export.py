@@ -163,7 +163,7 @@ class Generator:
         yield {"resourceType": "Patient", "id": pid, "meta": self._meta(),
                "identifier": [{"system": "urn:oid:2.16.840.1.113883.19.5", "value": f"MRN{self.seq:09d}"}],
                "gender": r.choice(["female", "male"]), "birthDate": f"{r.randint(1935, 2004)}-{r.randint(1, 12):02d}-01"}
-        subj = lambda: self.ref("Patient", pid)  # noqa: E731
+        subj = lambda: self.ref("Patient", pid)
         encounters = []
         for _ in range(r.randint(1, 4)):
             eid = self._id("enc")

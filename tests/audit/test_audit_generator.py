@@ -7,8 +7,8 @@ from collections import Counter
 from pathlib import Path
 
 import orjson
-from bench.generate_export import generate
 
+from bench.generate_export import generate
 from ccsvi_cds.audit.run import AuditOptions, run_audit
 
 

@@ -8,8 +8,17 @@ from typing import Any
 
 import orjson
 import pytest
-from audit_data import (jugular_angioplasty, linked_to, mri, ms, patient, read_ndjson, study, write_bundle,
-                        write_ndjson)
+from audit_data import (
+    jugular_angioplasty,
+    linked_to,
+    mri,
+    ms,
+    patient,
+    read_ndjson,
+    study,
+    write_bundle,
+    write_ndjson,
+)
 
 from ccsvi_cds.audit import sources
 from ccsvi_cds.audit.references import normalise, patient_key, study_refs

@@ -19,8 +19,16 @@ from typing import Any
 
 from .evaluator import build_evaluator
 from .join import SideTables, build_side_tables, error_line, evaluate_patient
-from .partition import (NEEDED_TYPES, SideRow, SpillWriter, choose_shards, classify, estimated_bytes,
-                        group_shard, shard_files)
+from .partition import (
+    NEEDED_TYPES,
+    SideRow,
+    SpillWriter,
+    choose_shards,
+    classify,
+    estimated_bytes,
+    group_shard,
+    shard_files,
+)
 from .parts import EngineResult, write_part
 from .sources import BadRecord, InputFile, ReadTask, read_task
 
@@ -123,7 +131,7 @@ def _evaluate_shard(shard: int) -> ShardResult:
     for key, rows in group_shard(data):
         try:
             res = evaluate_patient(key, rows, _SIDE, ev, paths)
-        except Exception as exc:  # one patient's failure must not lose the rest of the shard
+        except Exception as exc:  # noqa: BLE001 - one patient's failure must not lose the rest of the shard
             first = rows[0]
             errors.append(error_line(paths[first.file_index], first.file_index, first.line or None,
                                      first.entry or None, f"evaluation failed: {type(exc).__name__}", key))

@@ -20,7 +20,7 @@ ENTERED_IN_ERROR = "entered-in-error"
 
 
 class EvaluatorLike(Protocol):
-    def evaluate(self, resources: list[dict[str, Any]], targets: Any = None) -> Any: ...
+    def evaluate(self, resources: list[tuple[str, dict[str, Any]]], targets: Any = None) -> Any: ...
 
 
 # ----------------------------------------------------------------------------------------- side tables

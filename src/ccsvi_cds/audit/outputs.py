@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import io
 import os
 import shutil
 import tempfile
@@ -138,7 +137,3 @@ def write_errors(stage: Path, parts: Iterable[Path]) -> tuple[int, Counter[str]]
 
 def write_json(path: Path, obj: Any) -> None:
     path.write_bytes(orjson.dumps(obj, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n")
-
-
-def text_buffer() -> io.StringIO:
-    return io.StringIO()

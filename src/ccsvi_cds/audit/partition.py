@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,7 +62,7 @@ def classify(rec: Record | BadRecord | str) -> tuple[str | None, Classified]:
 
     None as item means "counted, not needed". Invalid records become BadRecord with the reason.
     """
-    if type(rec) is str:  # a resource the reader was told only to count
+    if isinstance(rec, str):  # a resource the reader was told only to count
         return rec, None
     if isinstance(rec, BadRecord):
         return None, rec
@@ -96,14 +96,6 @@ def encode_row(row: Row) -> bytes:
     return head + row.raw + b"\n"
 
 
-def decode_rows(data: bytes) -> Iterator[Row]:
-    for line in data.split(b"\n"):
-        if not line:
-            continue
-        key, rtype, fi, ln, en, raw = line.split(b"\t", 5)
-        yield Row(key.decode(), rtype.decode(), int(fi), int(ln), int(en), raw)
-
-
 class SpillWriter:
     """Buffers rows per shard and appends them to ``dir/NNNNN.<pid>`` files (one writer per process)."""
 
@@ -131,19 +123,6 @@ class SpillWriter:
 
 def shard_files(directory: Path, shard: int) -> list[Path]:
     return sorted(directory.glob(f"{shard:05d}.*"))
-
-
-def group_rows(rows: Iterable[Row]) -> list[tuple[str, list[Row]]]:
-    """Group rows by patient; patients and their rows in a deterministic order."""
-    groups: dict[str, list[Row]] = {}
-    for row in rows:
-        groups.setdefault(row.key, []).append(row)
-    out = []
-    for key in sorted(groups):
-        rows_ = groups[key]
-        rows_.sort(key=Row.position)
-        out.append((key, rows_))
-    return out
 
 
 _SR = b"ServiceRequest"

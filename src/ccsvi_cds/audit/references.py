@@ -13,6 +13,7 @@ from typing import Any
 
 from ccsvi_cds.facts.fhir import normalize_reference
 
+
 def normalise(ref: str | None, full_urls: Mapping[str, str] | None = None) -> str | None:
     """Return ``Type/id`` for a reference string, or None when it cannot be read as one.
 

@@ -36,7 +36,7 @@ def month_range(months: Counter[str]) -> list[tuple[str, int]]:
         return []
     y, m = int(known[0][:4]), int(known[0][5:])
     ey, em = int(known[-1][:4]), int(known[-1][5:])
-    out = []
+    out: list[tuple[str, int]] = []
     while (y, m) <= (ey, em) and len(out) < 1200:
         key = f"{y:04d}-{m:02d}"
         out.append((key, months.get(key, 0)))

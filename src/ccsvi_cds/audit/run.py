@@ -7,10 +7,10 @@ broken rule pack) is checked before any work; outputs are staged and published o
 from __future__ import annotations
 
 import shutil
-from concurrent.futures import Future, ThreadPoolExecutor
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
@@ -81,7 +81,7 @@ def run_audit(opts: AuditOptions, progress: Progress | None = None) -> dict[str,
         with staged(opts.out_dir) as stage:
             stats = write_findings(stage, result.finding_parts)
             n_errors, error_kinds = write_errors(stage, result.error_parts)
-            rule_indicator = {}
+            rule_indicator: dict[str, str] = {}
             for row in stats.table:
                 rule_indicator.setdefault(row["rule"], row["indicator"])
             summary: dict[str, Any] = {

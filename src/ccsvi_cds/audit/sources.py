@@ -87,7 +87,7 @@ def _is_gz(p: Path) -> bool:
 
 def _base_name(p: Path) -> str:
     name = p.name.lower()
-    return name[:-3] if name.endswith(".gz") else name
+    return name.removesuffix(".gz")
 
 
 def _open(path: str | Path, gz: bool) -> BinaryIO:
@@ -429,7 +429,7 @@ def _read_json(f: InputFile, idx: int) -> Iterator[Record | BadRecord]:
 
 def _stream_bundle(f: InputFile, idx: int) -> Iterator[Record | BadRecord]:
     """A Bundle too large to hold: two ijson passes (fullUrl map, then entries), memory ~ one entry."""
-    import ijson  # only needed for very large Bundles
+    import ijson  # type: ignore[import-untyped]  # only needed for very large Bundles
 
     try:
         urls: dict[str, str] = {}

@@ -60,7 +60,7 @@ def _evaluate(groups: Iterable[tuple[str, Iterable[tuple[Any, ...]]]], side_b: A
         rows = [Row(key, t, fi, ln, en, raw) for t, fi, ln, en, raw in values]
         try:
             res = evaluate_patient(key, rows, side, ev, paths)
-        except Exception as exc:  # one patient's failure must not lose the partition
+        except Exception as exc:  # noqa: BLE001 - one patient's failure must not lose the partition
             first = min(rows, key=Row.position)
             k, v = error_line(paths[first.file_index], first.file_index, first.line or None, first.entry or None,
                               f"evaluation failed: {type(exc).__name__}", key)
@@ -89,8 +89,7 @@ def _write_sorted(rdd: Any, path: Path, n: int) -> Path | None:
         return None
     lines = sorted(rdd.collect()) if n <= COLLECT_MAX else rdd.sortByKey().toLocalIterator(prefetchPartitions=True)
     with open(path, "wb") as fh:
-        for k, v in lines:
-            fh.write(k.encode() + b"\t" + v + b"\n")
+        fh.writelines(k.encode() + b"\t" + v + b"\n" for k, v in lines)
     return path
 
 
