@@ -33,19 +33,21 @@ def test_bad_records_are_reported_and_skipped(tmp_path: Path, rules_dir: Path) -
         {"resourceType": "ServiceRequest", "id": "orphan", "status": "active"},  # 6: no subject
         jugular_angioplasty("sr1", "Patient/p1"),  # 7: still found
         {"resourceType": "Condition", "id": "c-bad", "subject": {"reference": "Patient/p1"}, "code": 42},  # 8
+        {"resourceType": "Condition", "id": "c-tab", "subject": {"reference": "Patient/p\t1"}},  # 9: bad id chars
     ])
     summary, findings, errors = audit(rules_dir, tmp_path / "out", path)
     assert [f["serviceRequest"] for f in findings] == ["ServiceRequest/sr1"]
     assert findings[0]["source"]["line"] == 7
     by_line = {e["line"]: e for e in errors}
-    assert set(by_line) == {2, 4, 5, 6, 8}
+    assert set(by_line) == {2, 4, 5, 6, 8, 9}
     assert all(e["file"] == str(path) for e in errors)
     assert by_line[2]["reason"].startswith("malformed JSON")
     assert "not a FHIR resource" in by_line[4]["reason"]
     assert "without a valid id" in by_line[5]["reason"]
     assert "no subject" in by_line[6]["reason"]
     assert by_line[8]["reason"].startswith("invalid resource") and by_line[8]["resource"].startswith("Condition/c-bad")
-    assert summary["errors"]["total"] == 5
+    assert "invalid subject reference" in by_line[9]["reason"]
+    assert summary["errors"]["total"] == 6
 
 
 def test_dangling_study_reference_is_reported_but_patient_evaluated(tmp_path: Path, rules_dir: Path) -> None:

@@ -92,7 +92,10 @@ def build_side_tables(rows: Iterable[SideRow]) -> SideTables:
 
 def sort_key(file_index: int, line: int, entry: int, *rest: str) -> str:
     """A string key whose order is input order, then ids: the same for every engine and partitioning."""
-    return f"{file_index:06d}:{line:012d}:{entry:09d}:" + "|".join(rest)
+    tail = "|".join(rest)
+    if "\t" in tail or "\n" in tail or "\r" in tail:  # part files are "key TAB json" lines
+        tail = tail.replace("\t", " ").replace("\n", " ").replace("\r", " ")
+    return f"{file_index:06d}:{line:012d}:{entry:09d}:" + tail
 
 
 def error_line(file_path: str, file_index: int, line: int | None, entry: int | None, reason: str,

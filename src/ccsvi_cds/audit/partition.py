@@ -24,7 +24,8 @@ JOINED_TYPES = frozenset(PATIENT_KEYED) | {"Patient"}
 
 # What the reader must hand over in full; any other resource type is only counted.
 NEEDED_TYPES = JOINED_TYPES | SIDE_TYPES | {"Bundle"}
-_ID_RE = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+_ID_RE = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+_KEY_RE = re.compile(r"[A-Z][A-Za-z]+/[A-Za-z0-9\-.]{1,64}")  # also keeps tabs/newlines out of spill lines
 FLUSH_BYTES = 8 * 1024 * 1024
 
 
@@ -72,16 +73,17 @@ def classify(rec: Record | BadRecord | str) -> tuple[str | None, Classified]:
         return rtype, None
     line, entry = rec.line or 0, rec.entry or 0
     rid = res.get("id")
-    if not isinstance(rid, str) or not _ID_RE.match(rid):
+    if not isinstance(rid, str) or not _ID_RE.fullmatch(rid):
         return rtype, BadRecord(rec.file_index, rec.line, rec.entry, f"invalid resource: {rtype} without a valid id")
     raw = rec.raw if rec.raw is not None else orjson.dumps(res)
     if rtype in SIDE_TYPES:
         return rtype, SideRow(f"{rtype}/{rid}", rec.file_index, line, entry, raw)
     key = patient_key(res)
-    if key is None:
+    if key is None or not _KEY_RE.fullmatch(key):
         field = "/".join(PATIENT_KEYED.get(rtype, ("subject",)))
+        what = "no" if key is None else "an invalid"
         return rtype, BadRecord(
-            rec.file_index, rec.line, rec.entry, f"invalid resource: {rtype}/{rid} has no {field} reference"
+            rec.file_index, rec.line, rec.entry, f"invalid resource: {rtype}/{rid} has {what} {field} reference"
         )
     return rtype, Row(key, rtype, rec.file_index, line, entry, raw)
 
