@@ -61,6 +61,9 @@ def test_report_renders_chart_and_matches_summary(browser: Any, tmp_path: Path, 
     assert num(page, "#total-finding-patients") == summary["findings"]["patients"]
     per_rule = {r: num(page, f'#per-rule tr[data-rule="{r}"] .count') for r in summary["findings"]["byRule"]}
     assert per_rule == summary["findings"]["byRule"]
+    rule_bars = {b.get_attribute("data-rule"): int(b.get_attribute("data-value"))
+                 for b in page.query_selector_all("#chart-rules rect.bar")}
+    assert rule_bars == summary["findings"]["byRule"]
     for t, n in summary["read"]["byType"].items():
         assert num(page, f'#inputs-read tr[data-type="{t}"] td.n') == n
 

@@ -58,7 +58,7 @@ def time_bars(series: list[tuple[str, int]], width: float = 860, height: float =
     return bars
 
 
-def rule_bars(counts: Mapping[str, int], width: float = 520, row: float = 28) -> list[Bar]:
+def rule_bars(counts: Mapping[str, int], width: float = 290, row: float = 28) -> list[Bar]:
     top = max(counts.values(), default=0) or 1
     return [Bar(rule, n, 0, i * row + 4, max((width - 60) * n / top, 2), row - 8)
             for i, (rule, n) in enumerate(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))]
