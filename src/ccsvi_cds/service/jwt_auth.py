@@ -128,7 +128,7 @@ class JwtVerifier:
             raise unauthorized("JWT jti must be a non-empty string")
         if exp - iat > self._max_lifetime:
             raise unauthorized(f"JWT lifetime (exp - iat) exceeds {self._max_lifetime} s")
-        if not self._replay.first_use(issuer.iss, jti, int(exp)):
+        if not await self._replay.first_use(issuer.iss, jti, int(exp)):
             raise unauthorized("JWT was already used (jti replay)")
         return claims
 
