@@ -84,6 +84,17 @@ def _as_bundle_absolute(d: Path) -> list[Path]:
     return [write_bundle(d / "bundle.json", two_patients(), urn=False)]
 
 
+def _as_ndjson_of_bundles(d: Path) -> list[Path]:
+    """One Bundle per NDJSON line (as some EHR extracts ship), urn:uuid references inside each."""
+    res = two_patients()
+    lines = []
+    for i, group in enumerate((res[:3], res[3:])):
+        b = write_bundle(d / f"b{i}.json", group, urn=True)
+        lines.append(b.read_bytes())
+        b.unlink()
+    return [write_ndjson(d / "bundles.ndjson", lines)]
+
+
 def _as_bulk_export(d: Path) -> list[Path]:
     exp = d / "export"
     by_type: dict[str, list[dict[str, Any]]] = {}
@@ -114,7 +125,7 @@ def _as_mixed_directory(d: Path) -> list[Path]:
     return [root]
 
 
-FORMS = {"ndjson": _as_ndjson, "ndjson.gz": _as_ndjson_gz, "bundle-urn-uuid": _as_bundle,
+FORMS = {"ndjson": _as_ndjson, "ndjson.gz": _as_ndjson_gz, "ndjson-of-bundles": _as_ndjson_of_bundles, "bundle-urn-uuid": _as_bundle,
          "bundle-absolute": _as_bundle_absolute, "bulk-export": _as_bulk_export, "directory": _as_mixed_directory}
 
 
