@@ -25,6 +25,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import service_payloads as payloads
 
+from ccsvi_cds.service.replay import replay_path
+
 REPO = Path(__file__).resolve().parents[2]
 SERVE = [str(Path(sys.executable).parent / "ccsvi-cds"), "serve"]
 GOOD_TOKEN = "fhir-access-token-good"
@@ -105,6 +107,9 @@ def service_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     for svc in started:
         svc.stop()
         svc.client.close()
+        jti = replay_path(Path(svc.env["CCSVI_DB_PATH"]))
+        for leftover in jti.parent.glob(jti.name + "*"):
+            leftover.unlink()
 
 
 # --- a small FHIR server (the EHR's), also hosting JWKS documents -------------------------------------

@@ -203,8 +203,8 @@ def create_app(settings: ServiceSettings | None = None) -> Starlette:
                                    timeout=httpx.Timeout(settings.fhir_timeout_s),
                                    limits=httpx.Limits(max_connections=100, max_keepalive_connections=20))
         store = Store(settings.db_path)
-        replay = ReplayCache(replay_path(settings.db_path))
-        verifier = JwtVerifier(settings, client, replay) if settings.auth_enabled else None
+        replay = ReplayCache(replay_path(settings.db_path)) if settings.auth_enabled else None
+        verifier = JwtVerifier(settings, client, replay) if replay is not None else None
         hooks = HookHandler(settings, rules, store, PrefetchCompleter(settings, client))
         app.state.runtime = Runtime(settings, rules, store, client, verifier, hooks)
         watcher = None
@@ -225,7 +225,8 @@ def create_app(settings: ServiceSettings | None = None) -> Starlette:
                 await asyncio.gather(watcher[1], return_exceptions=True)
             await client.aclose()
             store.close()
-            replay.close()
+            if replay is not None:
+                replay.close()
             log.info("worker stopped", extra={"pid": os.getpid()})
             logs.flush()
 

@@ -1,4 +1,4 @@
-"""JWT `jti` replay cache shared by all worker processes (a small SQLite file beside the decision store).
+"""JWT `jti` replay cache shared by all worker processes (a small SQLite file in /dev/shm, see `replay_path`).
 
 An in-process cache alone would let a token replayed to the other worker through; SQLite with a primary
 key on (iss, jti) makes "first use wins" atomic across processes. Entries are dropped once expired.
@@ -11,6 +11,8 @@ wait (timeout 0); a locked database is retried after an `asyncio.sleep`, letting
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import os
 import sqlite3
 import time
 from pathlib import Path
@@ -19,7 +21,12 @@ MAX_WAIT_S = 2.0
 
 
 def replay_path(db_path: Path) -> Path:
-    """`service.sqlite3` -> `service.jti.sqlite3`."""
+    """Where the replay cache lives: in shared memory (/dev/shm) when there is one, so that the check never
+    waits for the disk; else beside the decision store. One cache per `db_path`, i.e. per service."""
+    shm = Path("/dev/shm")
+    if shm.is_dir() and os.access(shm, os.W_OK):
+        key = hashlib.sha256(str(Path(db_path).resolve()).encode()).hexdigest()[:16]
+        return shm / f"ccsvi-cds-{key}.jti.sqlite3"
     return db_path.with_name(db_path.stem + ".jti" + (db_path.suffix or ".sqlite3"))
 
 
