@@ -94,8 +94,8 @@ class JwtVerifier:
         if scheme.lower() != "bearer" or not token:
             raise unauthorized("Authorization header must be 'Bearer <JWT>'")
         try:
-            header = jwt.get_unverified_header(token)
-            unverified = jwt.decode(token, options={"verify_signature": False})
+            unverified_token = jwt.decode_complete(token, options={"verify_signature": False})
+            header, unverified = unverified_token["header"], unverified_token["payload"]
         except jwt.PyJWTError:
             raise unauthorized("the bearer token is not a well-formed JWT") from None
         alg = header.get("alg")
