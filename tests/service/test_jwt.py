@@ -15,7 +15,7 @@ import jwt
 import pytest
 import service_payloads as p
 from cdshooks_checks import cards_of, outcome
-from conftest import FakeFhir, Service
+from conftest import FakeFhir, Service, free_port
 from cryptography.hazmat.primitives import serialization
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
@@ -25,6 +25,7 @@ ISS = "https://ehr.example.org"
 RSA_ISS = "https://ehr-rsa.example.org"
 SPEC_ISS = "https://fhir-ehr.example.com/"
 SPEC_JKU = "https://fhir-ehr.example.com/jwk_uri"
+DEAD_ISS = "https://ehr-keys-down.example.org"
 
 
 def b64(data: bytes) -> str:
@@ -46,6 +47,7 @@ def svc(service_factory: Any, jwks_urls: dict[str, str], rsa_key: Any) -> Servic
         {"iss": ISS, "jku": [jwks_urls["good"]]},
         {"iss": RSA_ISS, "jwks": {"keys": [{**rsa_public, "kid": "rsa-1", "alg": "RS384"}]}},
         {"iss": SPEC_ISS, "jku": [SPEC_JKU], "jwks": spec_jwks},
+        {"iss": DEAD_ISS, "jku": [f"http://127.0.0.1:{free_port()}/jwks.json"]},
     ]
     return service_factory({"CCSVI_TRUSTED_ISSUERS": json.dumps(issuers), "CCSVI_WORKERS": "2"})
 
@@ -185,3 +187,7 @@ def test_spec_example_key_and_header_shape(svc: Service) -> None:
     refused(call(svc, expired), "expired")
     fresh = {**payload, **claims(svc, iss=SPEC_ISS), "tenant": payload["tenant"]}
     assert call(svc, jwt.encode(fresh, key, algorithm="ES384", headers=header)).status_code == 200
+
+
+def test_unreachable_jwks_is_refused(svc: Service, ec_key: Any) -> None:
+    refused(call(svc, es384(svc, ec_key, None, iss=DEAD_ISS)), "could not fetch the issuer's JWKS")
