@@ -187,7 +187,8 @@ class AccessLog:
         try:
             await self.app(scope, receive, send_status)
         finally:
-            extra = {"method": scope["method"], "path": scope["path"], "status": status,
+            path = scope["path"] if status != 404 else "(no such route)"  # a client's made-up path may hold anything
+            extra = {"method": scope["method"], "path": path, "status": status,
                      "ms": round((time.perf_counter() - start) * 1000, 2), **scope.get("ccsvi.log", {})}
             log.info("request", extra=extra)
 
