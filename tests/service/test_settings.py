@@ -90,3 +90,10 @@ def test_allowlist_matches_origin_and_path_segments() -> None:
                 "https://ehr.example.org.evil.com/fhir", "https://user@ehr.example.org/fhir", "https://ehr.example.org/",
                 "file:///fhir", "https://[::1/fhir"):
         assert not allow.allows(bad), bad
+
+
+def test_unwritable_database_is_a_readable_start_up_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    done = run_serve("--port", str(free_port()), "--db", str(blocker / "service.sqlite3"))
+    assert done.returncode == 2 and "Traceback" not in done.stderr and "ccsvi-cds serve:" in done.stderr

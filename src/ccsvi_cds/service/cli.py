@@ -55,6 +55,9 @@ def serve(host: str | None, port: int | None, rules_dir: Path | None, allow_fhir
         from ccsvi_cds.rulepack import load_pack
 
         pack = load_pack(settings.rules_dir)  # fail here, readably, rather than in every worker
+        from .feedback_store import Store
+
+        Store(settings.db_path).close()  # the database must be creatable and writable
     except Exception as exc:  # noqa: BLE001 - configuration and pack errors are for the operator to read
         click.echo(f"ccsvi-cds serve: {exc}", err=True)
         sys.exit(2)
