@@ -110,7 +110,7 @@ async def authenticate(request: Request, rt: Runtime) -> None:
 def _service(request: Request) -> str:
     service_id = request.path_params["service_id"]
     if service_id not in SERVICES:
-        raise ServiceError(404, Problem(f"no CDS service {service_id!r} here; GET /cds-services lists them",
+        raise ServiceError(404, Problem("no such CDS service here; GET /cds-services lists the services",
                                         code="not-found"))
     return service_id
 
@@ -161,7 +161,7 @@ def _reload_status(request: Request) -> dict[str, Any] | None:
 async def http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     code = {404: "not-found", 405: "not-supported"}.get(exc.status_code, "processing")
-    return outcome_response(exc.status_code, [Problem(f"{exc.detail}: {request.method} {request.url.path}", code=code)],
+    return outcome_response(exc.status_code, [Problem(f"{exc.detail} ({request.method})", code=code)],
                             headers=exc.headers)
 
 
