@@ -227,3 +227,20 @@ def test_sigterm_mid_audit_leaves_no_partial_output(tmp_path: Path, rules_dir: P
         pytest.skip("the audit finished before the signal arrived")  # pragma: no cover - timing
     assert proc.returncode == 128 + signal.SIGTERM
     assert list(out.iterdir()) == []  # no spill, no staging, no output under a final name
+
+
+def _die(*a: Any, **k: Any) -> None:
+    import os
+
+    os._exit(9)  # as the OOM killer would
+
+
+def test_a_worker_dying_fails_cleanly(tmp_path: Path, rules_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ccsvi_cds.audit import embedded
+
+    monkeypatch.setattr(embedded, "_evaluate_shard", _die)  # submitted by reference to the forked workers
+    path = write_ndjson(tmp_path / "in.ndjson", [patient("p1"), mri("sr1", "Patient/p1")])
+    out = tmp_path / "out"
+    result = CliRunner().invoke(audit_cmd, [str(path), "--out", str(out), "--rules", str(rules_dir)])
+    assert result.exit_code == 1 and "worker process died" in result.output
+    assert list(out.iterdir()) == []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import sys
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import click
@@ -100,6 +101,9 @@ def audit(inputs: tuple[str, ...], out_dir: Path, rules_dir: Path | None, engine
         raise click.ClickException(f"rule pack {opts.rules_dir}: {exc}") from None
     except PackChanged as exc:
         raise click.ClickException(str(exc)) from None
+    except BrokenProcessPool:
+        raise click.ClickException("a worker process died (out of memory, or killed); no output was written, "
+                                   "the outputs of any earlier audit in the directory are unchanged") from None
     f = summary["findings"]
     click.echo(
         f"{summary['read']['total']:,} resources read, {summary['serviceRequestsEvaluated']:,} ServiceRequests "
