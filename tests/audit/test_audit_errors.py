@@ -57,6 +57,8 @@ def test_dangling_study_reference_is_reported_but_patient_evaluated(tmp_path: Pa
         {"resourceType": "ResearchSubject", "id": "rs1", "status": "on-study",
          "study": {"reference": "ResearchStudy/missing"}, "individual": {"reference": "Patient/p1"}},
         jugular_angioplasty("sr2", "Patient/p1", reasonReference=[{"reference": "Condition/gone"}]),
+        {"resourceType": "ResearchSubject", "id": "rs2", "status": "withdrawn",
+         "study": {"reference": "ResearchStudy/elsewhere"}, "individual": {"reference": "Patient/p1"}},
     ])
     _, findings, errors = audit(rules_dir, tmp_path / "out", path)
     assert [(f["serviceRequest"], f["rule"]) for f in findings] == [
@@ -66,6 +68,7 @@ def test_dangling_study_reference_is_reported_but_patient_evaluated(tmp_path: Pa
         (4, "dangling reference to ResearchStudy/missing"),
         (5, "dangling reference to Condition/gone (not found for this patient)"),
         (5, "dangling reference to ResearchStudy/missing: its status cannot be confirmed"),
+        (6, "dangling reference to ResearchStudy/elsewhere"),
     ]
 
 

@@ -202,11 +202,24 @@ def evaluate_patient(
     result = evaluator.evaluate(batch)
     out.evaluated = result.orders_evaluated
     first_order = where[orders[0]]
+    reported: set[str] = set()
     for issue in result.issues:
         path = str(getattr(issue, "path", "") or "")
-        row = next((where[r] for r in (path.split(".", 1)[0], path.split("[", 1)[0]) if r in where), first_order)
+        owner = next((r for r in (path.split(".", 1)[0], path.split("[", 1)[0]) if r in where), None)
+        row = where[owner] if owner else first_order
+        if owner and issue.message.startswith("dangling reference"):
+            reported.add(owner)
         out.errors.append(error_line(file_paths[row.file_index], row.file_index, row.line or None,
                                      row.entry or None, _issue_reason(issue.message), path or None))
+    # The evaluator only looks up the studies that could exempt an order (enrolled subjects, linked orders);
+    # an auditor wants every ResearchSubject pointing nowhere.
+    for ref, res in resources.items():
+        if ref.startswith("ResearchSubject/") and ref not in reported:
+            for sref in study_refs(res):
+                if sref not in side.studies:
+                    row = where[ref]
+                    out.errors.append(error_line(file_paths[row.file_index], row.file_index, row.line or None,
+                                                 row.entry or None, f"dangling reference to {sref}", ref))
     for seq, f in enumerate(result.findings):
         order_ref = f.order_ref
         row = where.get(order_ref, first_order)
