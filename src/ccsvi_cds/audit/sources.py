@@ -27,7 +27,7 @@ from .references import rewrite_references
 try:  # validates JSON and reads one field without building Python objects: ~3x cheaper than a full parse
     import simdjson  # type: ignore[import-untyped]
 except ImportError:  # pragma: no cover - a declared dependency; the reader works without it, slower
-    simdjson = None
+    simdjson = None  # type: ignore[assignment]
 
 NDJSON_SUFFIXES = (".ndjson", ".jsonl")
 JSON_SUFFIXES = (".json",)
