@@ -221,7 +221,9 @@ def main() -> None:
                   f"= {r['ratio_1p']:.0%} of the 1-process ceiling ({r['ratio_2p']:.0%} of 2-process)  "
                   f"peak RSS {r['peak_rss'] / 2**20:,.0f} MiB (PSS {r['peak_pss'] / 2**20:,.0f} MiB)  "
                   f"{r['evaluated']:,} orders, {r['findings']} findings; runs {r['all_seconds']} s"
-                  + ("" if engine != "embedded" else f"  [{'meets' if ok else 'MISSES'} targets]"), flush=True)
+                  # the targets are set for the 1M-resource export on 2 cores
+                  + (f"  [{'meets' if ok else 'MISSES'} targets]" if engine == "embedded" and n >= 1_000_000
+                     else ""), flush=True)
             print(f"  {'':9s} CPU {r['cpu_seconds']:.1f} s in all = {r['cpu_us_per_resource']:.1f} us/resource "
                   f"(parse-only {1e6 / ceiling:.1f} us); with 2 cores to itself: {r['ratio_cpu_2cores']:.0%} "
                   f"of the ceiling", flush=True)
