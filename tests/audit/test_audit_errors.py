@@ -247,3 +247,16 @@ def test_a_worker_dying_fails_cleanly(tmp_path: Path, rules_dir: Path, monkeypat
     result = CliRunner().invoke(audit_cmd, [str(path), "--out", str(out), "--rules", str(rules_dir)])
     assert result.exit_code == 1 and "worker process died" in result.output
     assert list(out.iterdir()) == []
+
+
+def test_many_parts_merge_in_rounds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import random
+
+    from ccsvi_cds.audit import parts
+
+    monkeypatch.setattr(parts, "FAN_IN", 4)
+    keys = [f"{i:06d}" for i in range(300)]
+    random.Random(1).shuffle(keys)
+    paths = [parts.write_part(tmp_path / f"p{j}", [(k, f'"{k}"'.encode()) for k in keys[j::23]]) for j in range(23)]
+    merged = [v.decode().strip('"') for v in parts.merge_parts([p for p in paths if p])]
+    assert merged == sorted(keys)

@@ -30,9 +30,24 @@ def _read(path: Path) -> Iterator[tuple[str, bytes]]:
             yield k.decode(), v
 
 
+FAN_IN = 128  # parts open at once: a huge audit can have thousands, more than the open-file limit
+
+
+def _merge_round(paths: list[Path], out: Path) -> Path:
+    with open(out, "wb") as fh:
+        fh.writelines(k.encode() + b"\t" + v + b"\n" for k, v in heapq.merge(*(_read(p) for p in paths)))
+    return out
+
+
 def merge_parts(paths: Iterable[Path]) -> Iterator[bytes]:
-    """The JSON lines of all parts in global key order."""
-    for _, v in heapq.merge(*(_read(p) for p in sorted(paths))):
+    """The JSON lines of all parts in global key order (merged in rounds of FAN_IN files when many)."""
+    todo = sorted(paths)
+    generation = 0
+    while len(todo) > FAN_IN:
+        generation += 1
+        todo = [_merge_round(todo[i:i + FAN_IN], todo[i].with_name(f"merge-{generation}-{i // FAN_IN:06d}.part"))
+                for i in range(0, len(todo), FAN_IN)]
+    for _, v in heapq.merge(*(_read(p) for p in todo)):
         yield v
 
 
