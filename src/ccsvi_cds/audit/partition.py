@@ -10,9 +10,11 @@ from __future__ import annotations
 import os
 import re
 import zlib
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import orjson
 
@@ -117,10 +119,28 @@ class SpillWriter:
     def flush(self) -> None:
         pid = os.getpid()
         for shard, chunks in self._buffers.items():
-            with open(self.directory / f"{shard:05d}.{pid}", "ab") as fh:
-                fh.write(b"".join(chunks))
+            _append(self.directory / f"{shard:05d}.{pid}", b"".join(chunks))
         self._buffers.clear()
         self._size = 0
+
+
+# Shard files stay open across tasks in a worker (unbuffered: each write is in the OS at once, so the
+# evaluation phase sees it): a big audit has thousands of shards and tasks, and reopening every shard file
+# at every task's end would cost millions of open() calls. Least recently used handles are closed first.
+MAX_OPEN_SHARDS = 256
+_HANDLES: OrderedDict[Path, BinaryIO] = OrderedDict()
+
+
+def _append(path: Path, data: bytes) -> None:
+    fh = _HANDLES.pop(path, None)
+    if fh is None:
+        if len(_HANDLES) >= MAX_OPEN_SHARDS:
+            _HANDLES.popitem(last=False)[1].close()
+        fh = open(path, "ab", buffering=0)  # noqa: SIM115 - kept open on purpose
+    _HANDLES[path] = fh
+    view = memoryview(data)
+    while view:
+        view = view[fh.write(view):]
 
 
 def shard_files(directory: Path, shard: int) -> list[Path]:
