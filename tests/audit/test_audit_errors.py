@@ -260,3 +260,16 @@ def test_many_parts_merge_in_rounds(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     paths = [parts.write_part(tmp_path / f"p{j}", [(k, f'"{k}"'.encode()) for k in keys[j::23]]) for j in range(23)]
     merged = [v.decode().strip('"') for v in parts.merge_parts([p for p in paths if p])]
     assert merged == sorted(keys)
+
+
+def test_csv_cells_cannot_run_as_formulas(tmp_path: Path, rules_dir: Path) -> None:
+    import csv
+
+    sr = jugular_angioplasty("sr1", "Patient/p1")
+    sr["requester"]["display"] = '=HYPERLINK("http://evil.example","click")'
+    path = write_ndjson(tmp_path / "in.ndjson", [patient("p1"), ms("c1", "Patient/p1"), sr])
+    audit(rules_dir, tmp_path / "out", path)
+    with open(tmp_path / "out" / "findings.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert rows[0]["requesterName"] == "'" + sr["requester"]["display"]
+    assert read_ndjson(tmp_path / "out" / "findings.ndjson")[0]["requesterName"] == sr["requester"]["display"]

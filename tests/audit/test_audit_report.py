@@ -64,6 +64,10 @@ def test_report_renders_chart_and_matches_summary(browser: Any, tmp_path: Path, 
     rule_bars = {b.get_attribute("data-rule"): int(b.get_attribute("data-value"))
                  for b in page.query_selector_all("#chart-rules rect.bar")}
     assert rule_bars == summary["findings"]["byRule"]
+    from collections import Counter
+
+    statuses = Counter(f.get("status") or "unknown" for f in findings)
+    assert {s: num(page, f'#per-status tr[data-status="{s}"] td.n') for s in statuses} == dict(statuses)
     for t, n in summary["read"]["byType"].items():
         assert num(page, f'#inputs-read tr[data-type="{t}"] td.n') == n
 

@@ -98,7 +98,22 @@ class FindingStats:
                 "links": [lk for lk in (rec.get("card") or {}).get("links") or () if isinstance(lk, dict)]})
 
 
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _cell(value: Any) -> Any:
+    """Text from the records (a requester's name, say) must not run as a formula when the CSV is opened in
+    a spreadsheet: such cells get a leading apostrophe (the usual CSV-injection defence)."""
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value
+
+
 def _csv_row(rec: Mapping[str, Any]) -> list[Any]:
+    return [_cell(v) for v in _csv_values(rec)]
+
+
+def _csv_values(rec: Mapping[str, Any]) -> list[Any]:
     src = rec.get("source") or {}
     return [rec.get("serviceRequest"), rec.get("patient"), rec.get("rule"), rec.get("indicator"),
             rec.get("summary"), ";".join(rec.get("evidence") or ()), rec.get("requester"),
