@@ -7,7 +7,8 @@ spaces each connection's requests on a wall-clock schedule); an unpaced run find
 Every run is bounded in time (RUN_S) and so in count. Also reported: RSS of the service processes, the
 in-process cost of evaluation and of full FHIR validation per resource, and the same runs with validation on.
 
-Environment: BENCH_RATES (default "100,200,400,600,800"), BENCH_SECONDS (default 10), BENCH_WORKERS (2).
+Environment: BENCH_RATES (default "100,200,400,600,800"), BENCH_SECONDS (default 10, at most 60),
+BENCH_MAX_REQUESTS (per run, default 60000), BENCH_WORKERS (2).
 Results: printed, and written to bench/out/service_load.json.
 """
 
@@ -34,6 +35,7 @@ RATES = [int(r) for r in os.environ.get("BENCH_RATES", "100,200,400,600,800").sp
 RUN_S = min(int(os.environ.get("BENCH_SECONDS", "10")), 60)
 WORKERS = int(os.environ.get("BENCH_WORKERS", "2"))
 CONNECTIONS = 8
+MAX_REQUESTS = int(os.environ.get("BENCH_MAX_REQUESTS", "60000"))  # per run, besides the time bound
 SIGN = "/cds-services/ccsvi-order-sign"
 
 LUA = r"""
@@ -95,6 +97,14 @@ function delay()
   local wait = next_at - now_ms()
   if wait < 0 then return 0 end
   return wait
+end
+
+-- a hard bound on the number of requests per thread, besides wrk's duration
+local max_requests = tonumber(os.getenv("BENCH_MAX_REQUESTS_PER_THREAD") or "0")
+local responses = 0
+function response(status, headers, body)
+  responses = responses + 1
+  if max_requests > 0 and responses >= max_requests then wrk.thread:stop() end
 end
 
 function done(summary, latency, requests)
@@ -214,7 +224,8 @@ def wrk_run(wrk: str, server: Server, lua: Path, body: Path, rate: int | None, s
     cpu_before = server.cpu_s()
     interval = threads * 1000.0 / rate if rate else 0.0  # one schedule per wrk thread, shared by its connections
     env = {**os.environ, "BENCH_BODY": str(body), "BENCH_INTERVAL_MS": f"{interval:.3f}",
-           "BENCH_TOKENS": str(tokens) if tokens else ""}
+           "BENCH_TOKENS": str(tokens) if tokens else "",
+           "BENCH_MAX_REQUESTS_PER_THREAD": str(max(1, MAX_REQUESTS // threads))}
     cmd = [wrk, f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s", "-s", str(lua), url + SIGN]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=seconds + 30, check=False)
     line = next((ln for ln in done.stdout.splitlines() if ln.startswith("BENCHJSON ")), None)
@@ -225,6 +236,9 @@ def wrk_run(wrk: str, server: Server, lua: Path, body: Path, rate: int | None, s
     stats["loadavg_1m_before"] = round(load_before, 2)
     stats["target_rps"] = rate
     stats["achieved_rps"] = round(stats["requests"] / (stats["duration_us"] / 1e6), 1)
+    stats["capped"] = stats["requests"] >= MAX_REQUESTS  # stopped by the count bound: achieved_rps understated
+    if stats["capped"]:
+        print(f"  (run stopped at BENCH_MAX_REQUESTS={MAX_REQUESTS}: its req/s is a lower bound)", flush=True)
     for key in ("p50", "p95", "p99", "max"):
         stats[f"{key}_ms"] = round(stats.pop(f"{key}_us") / 1000, 2)
     return stats
