@@ -70,7 +70,7 @@ def run_audit(opts: AuditOptions, progress: Progress | None = None) -> dict[str,
             start_hashing()
             result = run_spark(files, plan_tasks(files), opts.rules_dir, scratch, master=opts.spark_master,
                                conf=opts.spark_conf, base_url=opts.base_url, digest=pack.digest,
-                               validate=opts.validate)
+                               validate=opts.validate, pack=pack)
         else:
             from .embedded import run_embedded
 

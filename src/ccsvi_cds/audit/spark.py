@@ -25,12 +25,14 @@ from .sources import InputFile, ReadTask
 _EVALUATORS: dict[str, Any] = {}
 
 
-def _evaluator(rules_dir: str, digest: str | None, base_url: str | None, validate: bool) -> Any:
-    """One Evaluator per Python worker process, built there on first use."""
+def _evaluator(pack_b: Any, rules_dir: str, digest: str | None, base_url: str | None, validate: bool) -> Any:
+    """One Evaluator per Python worker process, built there on first use from the broadcast rule pack (plain
+    data: executors need the ccsvi_cds package, not the rules folder)."""
     key = f"{rules_dir}|{digest}|{base_url}|{validate}"
     ev = _EVALUATORS.get(key)
     if ev is None:
-        ev = _EVALUATORS[key] = build_evaluator(rules_dir, digest, base_url, validate=validate)
+        pack = pack_b.value if pack_b is not None else None
+        ev = _EVALUATORS[key] = build_evaluator(rules_dir, digest, base_url, pack, validate=validate)
     return ev
 
 
@@ -49,12 +51,12 @@ def _read(files: Sequence[InputFile], item: tuple[int, ReadTask]) -> Iterator[tu
     yield ("C", dict(counts), len(errors))
 
 
-def _evaluate(groups: Iterable[tuple[str, Iterable[tuple[Any, ...]]]], side_b: Any, rules_dir: str,
+def _evaluate(groups: Iterable[tuple[str, Iterable[tuple[Any, ...]]]], side_b: Any, pack_b: Any, rules_dir: str,
               digest: str | None, base_url: str | None, validate: bool,
               paths: Sequence[str]) -> Iterator[tuple[Any, ...]]:
     """Evaluate each patient group of a partition: F finding, E error, N (patients, evaluated) lines."""
     side: SideTables = side_b.value
-    ev = _evaluator(rules_dir, digest, base_url, validate)
+    ev = _evaluator(pack_b, rules_dir, digest, base_url, validate)
     patients = evaluated = n_findings = n_errors = 0
     for key, values in groups:
         rows = [Row(key, t, fi, ln, en, raw) for t, fi, ln, en, raw in values]
@@ -114,7 +116,8 @@ def session(master: str | None = None, conf: Sequence[tuple[str, str]] = ()) -> 
 
 def run_spark(files: Sequence[InputFile], tasks: Sequence[ReadTask], rules_dir: Path, workdir: Path,
               master: str | None = None, conf: Sequence[tuple[str, str]] = (),
-              base_url: str | None = None, digest: str | None = None, validate: bool = False) -> EngineResult:
+              base_url: str | None = None, digest: str | None = None, validate: bool = False,
+              pack: Any = None) -> EngineResult:
     """Run the audit on Spark; returns counts and the sorted parts (written by the driver under ``workdir``)."""
     from pyspark import StorageLevel
 
@@ -142,6 +145,7 @@ def run_spark(files: Sequence[InputFile], tasks: Sequence[ReadTask], rules_dir: 
                 counts.update(rest[0])
                 n_read_errors += rest[1]
         side_b = sc.broadcast(build_side_tables(side_rows))
+        pack_b = sc.broadcast(pack) if pack is not None else None
         del side_rows
         result = EngineResult(read_counts=dict(sorted(counts.items())))
         read_errors = _write_sorted(items.filter(lambda x: x[0] == "E").map(lambda x: (x[1], x[2])),
@@ -149,7 +153,7 @@ def run_spark(files: Sequence[InputFile], tasks: Sequence[ReadTask], rules_dir: 
         # Pass 2: group by patient, evaluate where the data is.
         out = (items.filter(lambda x: x[0] == "R").map(lambda x: (x[1], x[2]))
                .groupByKey(n_groups)
-               .mapPartitions(lambda g: _evaluate(g, side_b, rules, digest, base_url, validate, paths)))
+               .mapPartitions(lambda g: _evaluate(g, side_b, pack_b, rules, digest, base_url, validate, paths)))
         out.persist(StorageLevel.MEMORY_AND_DISK)
         try:
             n_findings = n_errors = 0
@@ -167,6 +171,8 @@ def run_spark(files: Sequence[InputFile], tasks: Sequence[ReadTask], rules_dir: 
         result.finding_parts = [p for p in (findings,) if p]
         result.error_parts = [p for p in (read_errors, errors) if p]
         side_b.unpersist()
+        if pack_b is not None:
+            pack_b.unpersist()
         return result
     finally:
         items.unpersist()
