@@ -128,12 +128,14 @@ def test_cli_runs_and_summarises(tmp_path: Path, rules_dir: Path) -> None:
                                                  jugular_angioplasty("sr1", "Patient/p1")])
     out = tmp_path / "out"
     result = CliRunner().invoke(audit_cmd, [str(path), "--out", str(out), "--rules", str(rules_dir),
-                                            "--workers", "1", "--base-url", "https://cds.example.org"])
+                                            "--workers", "1", "--base-url", "https://cds.example.org",
+                                            "--workdir", str(tmp_path / "scratch" / "new")])
     assert result.exit_code == 0, result.output
     assert "1 findings (venous-angioplasty-ms 1)" in result.output
     assert sorted(p.name for p in out.iterdir()) == sorted(OUTPUT_NAMES)
     card = read_ndjson(out / "findings.ndjson")[0]["card"]
     assert "https://cds.example.org/" in orjson.dumps(card).decode()  # links as the EHR saw them
+    assert list((tmp_path / "scratch" / "new").iterdir()) == []  # spill space used and cleaned up
 
 
 def test_interrupted_audit_leaves_previous_outputs_consistent(tmp_path: Path, rules_dir: Path,

@@ -61,6 +61,8 @@ def run_audit(opts: AuditOptions, progress: Progress | None = None) -> dict[str,
         digest_futures.extend(hashing.submit(sha256_of, f.path) for f in files)
 
     opts.out_dir.mkdir(parents=True, exist_ok=True)
+    if opts.workdir is not None:
+        opts.workdir.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=".ccsvi-audit-spill-", dir=opts.workdir or opts.out_dir))
     try:
         result: EngineResult
