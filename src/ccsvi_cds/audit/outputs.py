@@ -11,8 +11,8 @@ from __future__ import annotations
 import csv
 import hashlib
 import os
+import secrets
 import shutil
-import tempfile
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -32,12 +32,21 @@ CSV_COLUMNS = ("serviceRequest", "patient", "rule", "indicator", "summary", "evi
                "entry", "matched")
 
 
+def fresh_dir(parent: Path, prefix: str) -> Path:
+    """A new, unused directory name (not created: the caller creates it inside its try/finally)."""
+    while True:
+        path = parent / f"{prefix}{secrets.token_hex(6)}"
+        if not path.exists():
+            return path
+
+
 @contextmanager
 def staged(out_dir: Path) -> Iterator[Path]:
     """A staging directory inside ``out_dir`` (same filesystem, so os.replace is atomic); removed on exit."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=".audit-staging-", dir=out_dir))
+    stage = fresh_dir(out_dir, ".audit-staging-")
     try:
+        stage.mkdir()
         yield stage
     finally:
         shutil.rmtree(stage, ignore_errors=True)

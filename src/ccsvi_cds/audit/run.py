@@ -7,7 +7,6 @@ broken rule pack) is checked before any work; outputs are staged and published o
 from __future__ import annotations
 
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -17,7 +16,16 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Literal
 
-from .outputs import OUTPUT_NAMES, publish, sha256_file, staged, write_errors, write_findings, write_json
+from .outputs import (
+    OUTPUT_NAMES,
+    fresh_dir,
+    publish,
+    sha256_file,
+    staged,
+    write_errors,
+    write_findings,
+    write_json,
+)
 from .parts import EngineResult
 from .report import write_report
 from .sources import discover, iter_tasks, plan_tasks, sha256_of
@@ -63,8 +71,10 @@ def run_audit(opts: AuditOptions, progress: Progress | None = None) -> dict[str,
     opts.out_dir.mkdir(parents=True, exist_ok=True)
     if opts.workdir is not None:
         opts.workdir.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=".ccsvi-audit-spill-", dir=opts.workdir or opts.out_dir))
+    # Named first, created inside the try: a signal (Ctrl-C, SIGTERM) at any point leaves nothing behind.
+    scratch = fresh_dir(opts.workdir or opts.out_dir, ".ccsvi-audit-spill-")
     try:
+        scratch.mkdir()
         result: EngineResult
         if opts.engine == "spark":
             from .spark import run_spark  # PySpark is optional: imported only here
@@ -93,7 +103,7 @@ def run_audit(opts: AuditOptions, progress: Progress | None = None) -> dict[str,
                 "rulePack": {"name": pack.name, "version": pack.version, "digest": pack.digest},
                 "inputs": [{"file": f.path, "bytes": f.size, "sha256": d} for f, d in zip(files, digests)],
                 "read": {"total": sum(result.read_counts.values()), "byType": result.read_counts},
-                "patients": result.patients,
+                "patientsEvaluated": result.patients,  # patients with at least one order evaluated
                 "serviceRequestsEvaluated": result.evaluated,
                 "findings": {
                     "total": stats.total,
