@@ -94,7 +94,8 @@ def test_truncated_gzip_keeps_what_was_read(tmp_path: Path, rules_dir: Path) -> 
     assert 3 < summary["read"]["total"] < 3003
 
 
-@pytest.mark.parametrize("case", ["missing", "not-fhir", "manifest-missing-file", "empty-dir", "csv"])
+@pytest.mark.parametrize("case", ["missing", "not-fhir", "manifest-missing-file", "manifest-outside", "empty-dir",
+                                  "csv"])
 def test_unreadable_input_stops_before_any_work(case: str, tmp_path: Path, rules_dir: Path) -> None:
     good = write_ndjson(tmp_path / "good.ndjson", [patient("p1")])
     if case == "missing":
@@ -108,6 +109,11 @@ def test_unreadable_input_stops_before_any_work(case: str, tmp_path: Path, rules
         bad.mkdir()
         (bad / "manifest.json").write_text('{"output": [{"type": "Patient", "url": "https://h/Patient.ndjson"}]}')
         expect = "Patient.ndjson"
+    elif case == "manifest-outside":
+        bad = tmp_path / "export2"
+        bad.mkdir()
+        (bad / "manifest.json").write_text('{"output": [{"type": "Patient", "url": "../good.ndjson"}]}')
+        expect = "good.ndjson"
     elif case == "empty-dir":
         bad = tmp_path / "empty"
         bad.mkdir()

@@ -179,7 +179,8 @@ def _from_manifest(directory: Path, display: str) -> list[InputFile]:
         url = item["url"]
         rel = urlparse(url).path if "://" in url else url
         candidates = [directory / rel.lstrip("/"), directory / Path(rel).name]
-        local = next((c for c in candidates if c.is_file()), None)
+        root = directory.resolve()  # a manifest names files of its own export, never outside it
+        local = next((c for c in candidates if c.is_file() and c.resolve().is_relative_to(root)), None)
         if local is None:
             raise InputError(f"{mpath}: lists {Path(rel).name}, which is not in {display}")
         shown = os.path.join(display, os.path.relpath(local, directory))
