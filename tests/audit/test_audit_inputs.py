@@ -234,3 +234,31 @@ def test_gzip_bundle_and_single_resource_json(tmp_path: Path, rules_dir: Path) -
     summary, findings, _ = audit(rules_dir, tmp_path / "out", gz, single)
     assert summary["read"]["byType"]["ServiceRequest"] == 3
     assert [f["serviceRequest"] for f in findings] == ["ServiceRequest/sr1"]
+
+
+def test_transaction_bundle_nested_bundle_and_r5_subject(tmp_path: Path, rules_dir: Path) -> None:
+    """DELETE entries carry no resource (skipped silently); a Bundle inside a Bundle is read; an R5
+    ResearchSubject joins through `subject`."""
+    inner = {"resourceType": "Bundle", "type": "collection",
+             "entry": [{"fullUrl": "urn:uuid:aaaaaaaa-0000-4000-8000-000000000001", "resource": ms("c1", "Patient/p1")}]}
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"request": {"method": "DELETE", "url": "ServiceRequest/old"}},
+        {"fullUrl": "urn:uuid:aaaaaaaa-0000-4000-8000-000000000002", "resource": patient("p1"),
+         "request": {"method": "PUT", "url": "Patient/p1"}},
+        {"resource": inner},
+        {"resource": jugular_angioplasty("sr1", "urn:uuid:aaaaaaaa-0000-4000-8000-000000000002")},
+        {"resource": study("trial", "active")},
+        {"resource": {"resourceType": "ResearchSubject", "id": "rs1", "status": "active",  # R5 shape
+                      "progress": [{"subjectState": {"coding": [{"code": "on-study"}]}}],
+                      "study": {"reference": "ResearchStudy/trial"},
+                      "subject": {"reference": "Patient/p1"}}},
+    ]}
+    path = tmp_path / "tx.json"
+    path.write_bytes(orjson.dumps(bundle))
+    summary, findings, errors = audit(rules_dir, tmp_path / "out", path)
+    assert errors == []
+    assert summary["read"]["byType"] == {"Condition": 1, "Patient": 1, "ResearchStudy": 1, "ResearchSubject": 1,
+                                         "ServiceRequest": 1}
+    assert [(f["serviceRequest"], f["patient"], f["rule"]) for f in findings] == [
+        ("ServiceRequest/sr1", "Patient/p1", "ccsvi-trial")]
+    assert findings[0]["source"] == {"file": str(path), "line": None, "entry": 4}
