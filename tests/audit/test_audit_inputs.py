@@ -171,14 +171,46 @@ def test_ndjson_source_lines_are_exact_across_chunks(tmp_path: Path) -> None:
 
 
 def test_chunked_reading_end_to_end(tmp_path: Path, rules_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Many read tasks per file: line numbers of findings and errors are still the file's own."""
     monkeypatch.setattr(sources, "CHUNK_BYTES", 300)
-    filler = [mri(f"m{i}", f"Patient/q{i}") for i in range(200)]
-    path = write_ndjson(tmp_path / "in.ndjson", filler + [patient("p1"), ms("c1", "Patient/p1"),
-                                                           jugular_angioplasty("sr1", "Patient/p1")])
-    summary, findings, _ = audit(rules_dir, tmp_path / "out", path)
-    assert summary["read"]["total"] == 203
-    assert summary["serviceRequestsEvaluated"] == 201
+    lines: list[Any] = [mri(f"m{i}", f"Patient/q{i}") for i in range(200)]
+    for at in (4, 77, 150):  # malformed lines in different tasks (0-based positions)
+        lines[at] = b'{"resourceType": "ServiceRequest", "id": '
+    lines += [patient("p1"), ms("c1", "Patient/p1"), jugular_angioplasty("sr1", "Patient/p1"), b"", b"[]"]
+    path = write_ndjson(tmp_path / "in.ndjson", lines)
+    summary, findings, errors = audit(rules_dir, tmp_path / "out", path)
+    assert summary["read"]["total"] == 200 - 3 + 3
+    assert summary["serviceRequestsEvaluated"] == 197 + 1
     assert findings[0]["source"]["line"] == 203
+    assert [(e["line"], e["reason"].split(":")[0]) for e in errors] == [
+        (5, "malformed JSON"), (78, "malformed JSON"), (151, "malformed JSON"), (205, "not a FHIR resource (no resourceType)")]
+
+
+def test_cut_tasks_number_lines_like_the_full_scan(tmp_path: Path) -> None:
+    """Tasks cut without reading the file, numbered afterwards from their line counts, give the same line
+    numbers as tasks planned by scanning the whole file (what the Spark engine uses)."""
+    rows = [orjson.dumps(mri(f"s{i}", f"Patient/p{i}")) + (b" " * (i % 97)) for i in range(700)]
+    path = tmp_path / "many.ndjson"
+    path.write_bytes(b"\n".join(rows))  # no newline at the end
+    files = discover([str(path)])
+    scanned = {}
+    for t in plan_tasks(files, chunk_bytes=1500):
+        for rec in read_task(files, t):
+            assert isinstance(rec, Record)
+            scanned[rec.resource["id"]] = rec.line
+    cut = list(sources.iter_cut_tasks(files, chunk_bytes=1500))
+    assert len(cut) > 20 and all(t.first_line is None for t in cut[1:])
+    local: list[tuple[int, Any, int]] = []
+    relative = {}
+    for i, t in enumerate(cut):
+        meta: dict[str, int] = {}
+        for rec in read_task(files, t, None, None, meta):
+            assert isinstance(rec, Record)
+            relative[rec.resource["id"]] = (i, rec.line)
+        local.append((i, t, meta["lines"]))
+    offsets = sources.line_offsets(local)
+    assert {k: line + offsets[i] for k, (i, line) in relative.items()} == scanned
+    assert scanned["s699"] == 700
 
 
 def test_patient_joined_across_files_and_spellings(tmp_path: Path, rules_dir: Path) -> None:

@@ -5,9 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
-from audit_data import jugular_angioplasty, linked_to, ms, patient, write_bundle, write_ndjson
+from audit_data import jugular_angioplasty, linked_to, mri, ms, patient, write_bundle, write_ndjson
 
+from ccsvi_cds.audit import sources
 from ccsvi_cds.audit.run import AuditOptions, run_audit
 
 pytestmark = [pytest.mark.spark, pytest.mark.xdist_group("spark")]
@@ -33,7 +35,16 @@ def test_spark_matches_embedded_on_generated_export(spark: Any, tmp_path: Path, 
     assert emb["findings"]["total"] > 0 and emb["read"]["total"] >= 6000
 
 
-def test_spark_matches_embedded_with_errors_and_bundles(spark: Any, tmp_path: Path, rules_dir: Path) -> None:
+def test_spark_matches_embedded_with_errors_and_bundles(spark: Any, tmp_path: Path, rules_dir: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Also with plain NDJSON cut into many read tasks: the embedded engine numbers lines from each task's
+    count afterwards, the Spark driver from a scan beforehand; both must give the same line numbers."""
+    monkeypatch.setattr(sources, "CHUNK_BYTES", 2000)
+    many: list[Any] = [mri(f"m{i}", f"Patient/q{i % 40}") for i in range(300)]
+    for at in (3, 120, 260):
+        many[at] = b'{"resourceType": "Condition", '
+    many += [patient("p3"), ms("c3", "Patient/p3"), jugular_angioplasty("sr3", "Patient/p3")]
+    c = write_ndjson(tmp_path / "in" / "c.ndjson", many)
     a = write_ndjson(tmp_path / "in" / "a.ndjson", [
         patient("p1"), b"{not json", ms("c1", "Patient/p1"),
         jugular_angioplasty("sr1", "Patient/p1", **linked_to("nowhere")),
@@ -41,8 +52,12 @@ def test_spark_matches_embedded_with_errors_and_bundles(spark: Any, tmp_path: Pa
     ])
     b = write_bundle(tmp_path / "in" / "b.json", [patient("p2"), ms("c2", "Patient/p2"),
                                                     jugular_angioplasty("sr2", "Patient/p2", status="completed")])
-    emb, spk = both(rules_dir, tmp_path, [str(a), str(b)])
+    emb, spk = both(rules_dir, tmp_path, [str(a), str(b), str(c)])
     for name in SAME:
         assert (tmp_path / "spark" / name).read_bytes() == (tmp_path / "embedded" / name).read_bytes(), name
-    assert emb["findings"]["total"] == 2 and emb["errors"]["total"] == 3
+    assert emb["findings"]["total"] == 3 and emb["errors"]["total"] == 6
+    lines = [orjson.loads(x) for x in (tmp_path / "embedded" / "errors.ndjson").read_bytes().splitlines()]
+    assert [e["line"] for e in lines if e["file"] == str(c)] == [4, 121, 261]
+    found = [orjson.loads(x) for x in (tmp_path / "embedded" / "findings.ndjson").read_bytes().splitlines()]
+    assert [f["source"]["line"] for f in found if f["source"]["file"] == str(c)] == [303]
     assert spk["errors"] == emb["errors"]

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from .evaluator import build_evaluator
 from .join import SideTables, build_side_tables, error_line, evaluate_patient
 from .partition import (
@@ -30,7 +32,7 @@ from .partition import (
     shard_files,
 )
 from .parts import EngineResult, write_part
-from .sources import BadRecord, InputFile, ReadTask, read_task
+from .sources import BadRecord, InputFile, ReadTask, line_offsets, read_task
 
 
 @dataclass(frozen=True)
@@ -48,12 +50,13 @@ class _Config:
 _CFG: _Config | None = None
 _EVALUATOR: Any = None
 _SIDE: SideTables | None = None
+_OFFSETS: dict[int, int] | None = None
 _PARENT_PACK: Any = None  # the RulePack the parent loaded; workers inherit it through fork
 
 
 def _init(cfg: _Config) -> None:
-    global _CFG, _EVALUATOR, _SIDE
-    _CFG, _EVALUATOR, _SIDE = cfg, None, None
+    global _CFG, _EVALUATOR, _SIDE, _OFFSETS
+    _CFG, _EVALUATOR, _SIDE, _OFFSETS = cfg, None, None, None
 
 
 def worker_evaluator(cfg: _Config) -> Any:
@@ -67,45 +70,64 @@ def worker_evaluator(cfg: _Config) -> Any:
 @dataclass
 class SpillResult:
     task_index: int
+    task: ReadTask
     bytes_read: int
+    lines: int  # lines the task read (to number the lines of the tasks after it in the file)
     counts: Counter[str]
     side: list[SideRow]
-    errors: Path | None
+    bad: Path | None  # records reported and skipped, line numbers relative to the task
 
 
-def read_and_route(files: Sequence[InputFile], task: ReadTask,
-                   on_row: Callable[[Any], None]) -> tuple[Counter[str], list[SideRow], list[tuple[str, bytes]]]:
-    """Read one task, classify every record; rows go to ``on_row``. Shared by both engines."""
+def read_and_route(files: Sequence[InputFile], task: ReadTask, on_row: Callable[[Any], None]
+                   ) -> tuple[Counter[str], list[SideRow], list[BadRecord], int]:
+    """Read one task, classify every record; rows go to ``on_row``. Shared by both engines.
+
+    Returns read counts per type, side-table rows, bad records and the number of lines read.
+    """
     counts: Counter[str] = Counter()
     side: list[SideRow] = []
-    errors: list[tuple[str, bytes]] = []
-    paths = [f.path for f in files]
+    bad: list[BadRecord] = []
     counted: dict[str, int] = {}
-    for rec in read_task(files, task, NEEDED_TYPES, counted):
+    meta: dict[str, int] = {}
+    for rec in read_task(files, task, NEEDED_TYPES, counted, meta):
         rtype, item = classify(rec)
         if rtype is not None:
             counts[rtype] += 1
         if item is None:
             continue
         if isinstance(item, BadRecord):
-            errors.append(error_line(paths[item.file_index], item.file_index, item.line, item.entry, item.reason))
+            bad.append(item)
         elif isinstance(item, SideRow):
             side.append(item)
         else:
             on_row(item)
     counts.update(counted)
-    return counts, side, errors
+    return counts, side, bad, meta.get("lines", 0)
 
 
 def _spill(task_index: int, task: ReadTask) -> SpillResult:
     assert _CFG is not None
-    writer = SpillWriter(_CFG.spill_dir, _CFG.n_shards)
-    counts, side, errors = read_and_route(_CFG.files, task, writer.add)
+    writer = SpillWriter(_CFG.spill_dir, _CFG.n_shards, task_index)
+    counts, side, bad, lines = read_and_route(_CFG.files, task, writer.add)
     writer.flush()
     f = _CFG.files[task.file_index]
     size = (task.end if task.end >= 0 else f.size) - task.start
-    part = write_part(_CFG.parts_dir / f"read-{task_index:06d}.errors", errors)
-    return SpillResult(task_index, size, counts, side, part)
+    path = None
+    if bad:  # numbered once every task's line count is known (run_embedded)
+        path = _CFG.parts_dir / f"read-{task_index:06d}.bad"
+        path.write_bytes(b"".join(orjson.dumps([b.file_index, b.line, b.entry, b.reason]) + b"\n" for b in bad))
+    return SpillResult(task_index, task, size, lines, counts, side, path)
+
+
+def _number_bad_records(bad: Path, offset: int, paths: Sequence[str], out: Path) -> Path | None:
+    """Turn a task's bad records (relative line numbers) into an errors part with the file's line numbers."""
+    lines = []
+    for raw in bad.read_bytes().splitlines():
+        fi, line, entry, reason = orjson.loads(raw)
+        line = line + offset if line else line
+        lines.append(error_line(paths[fi], fi, line, entry, reason))
+    bad.unlink()
+    return write_part(out, lines)
 
 
 @dataclass
@@ -118,17 +140,19 @@ class ShardResult:
 
 
 def _evaluate_shard(shard: int) -> ShardResult:
-    global _SIDE
+    global _SIDE, _OFFSETS
     assert _CFG is not None
     if _SIDE is None:
         _SIDE = SideTables.from_json((_CFG.spill_dir / "side.json").read_bytes())
+    if _OFFSETS is None:
+        _OFFSETS = {int(k): v for k, v in orjson.loads((_CFG.spill_dir / "lines.json").read_bytes()).items()}
     ev = worker_evaluator(_CFG)
     paths = [f.path for f in _CFG.files]
     data = b"".join(p.read_bytes() for p in shard_files(_CFG.spill_dir, shard))
     findings: list[tuple[str, bytes]] = []
     errors: list[tuple[str, bytes]] = []
     patients = evaluated = 0
-    for key, rows in group_shard(data):
+    for key, rows in group_shard(data, _OFFSETS):
         try:
             res = evaluate_patient(key, rows, _SIDE, ev, paths)
         except Exception as exc:  # noqa: BLE001 - one patient's failure must not lose the rest of the shard
@@ -187,15 +211,19 @@ def run_embedded(files: Sequence[InputFile], tasks: Iterable[ReadTask], rules_di
     cfg = _Config(tuple(files), str(rules_dir), digest, base_url, validate, spill_dir, parts_dir, n_shards)
     result = EngineResult()
     counts: Counter[str] = Counter()
-    side_rows: list[SideRow] = []
+    side_rows: list[tuple[int, SideRow]] = []
+    read: list[tuple[int, ReadTask, int]] = []
+    bad_files: list[tuple[int, Path]] = []
     tick = progress or (lambda phase, adv, total: None)
     total_bytes = sum(f.size for f in files)
+    paths = [f.path for f in files]
 
     def spilled(r: SpillResult) -> None:
         counts.update(r.counts)
-        side_rows.extend(r.side)
-        if r.errors:
-            result.error_parts.append(r.errors)
+        side_rows.extend((r.task_index, s) for s in r.side)
+        read.append((r.task_index, r.task, r.lines))
+        if r.bad:
+            bad_files.append((r.task_index, r.bad))
         tick("read", r.bytes_read, total_bytes)
 
     def evaluated(r: ShardResult) -> None:
@@ -214,8 +242,18 @@ def run_embedded(files: Sequence[InputFile], tasks: Iterable[ReadTask], rules_di
         if on_started is not None:
             on_started()
         _drain(pool, ((_spill, (i, t)) for i, t in enumerate(tasks)), spilled, workers * 4)
-        (spill_dir / "side.json").write_bytes(build_side_tables(side_rows).to_json())
+        # Every task's line count is known now: relative line numbers become the files' line numbers.
+        offsets = line_offsets(read)
+        (spill_dir / "lines.json").write_bytes(orjson.dumps({str(k): v for k, v in offsets.items()}))
+        for task_index, s in side_rows:
+            if s.line:
+                s.line += offsets[task_index]
+        (spill_dir / "side.json").write_bytes(build_side_tables(s for _, s in side_rows).to_json())
         del side_rows[:]
+        for task_index, bad in bad_files:
+            part = _number_bad_records(bad, offsets[task_index], paths, parts_dir / f"read-{task_index:06d}.errors")
+            if part:
+                result.error_parts.append(part)
         _drain(pool, [(_evaluate_shard, (s,)) for s in range(n_shards)], evaluated, workers * 4)
     result.read_counts = dict(sorted(counts.items()))
     return result

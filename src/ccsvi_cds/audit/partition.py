@@ -11,7 +11,7 @@ import os
 import re
 import zlib
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -95,22 +95,24 @@ def shard_of(key: str, n_shards: int) -> int:
     return zlib.crc32(key.encode()) % n_shards
 
 
-def encode_row(row: Row) -> bytes:
-    head = f"{row.key}\t{row.rtype}\t{row.file_index}\t{row.line}\t{row.entry}\t".encode()
+def encode_row(row: Row, task: int = -1) -> bytes:
+    """``key type file task line entry json``: ``line`` may be relative to ``task`` (see group_shard)."""
+    head = f"{row.key}\t{row.rtype}\t{row.file_index}\t{task}\t{row.line}\t{row.entry}\t".encode()
     return head + row.raw + b"\n"
 
 
 class SpillWriter:
     """Buffers rows per shard and appends them to ``dir/NNNNN.<pid>`` files (one writer per process)."""
 
-    def __init__(self, directory: Path, n_shards: int) -> None:
+    def __init__(self, directory: Path, n_shards: int, task: int = -1) -> None:
         self.directory = directory
         self.n_shards = n_shards
+        self.task = task
         self._buffers: dict[int, list[bytes]] = {}
         self._size = 0
 
     def add(self, row: Row) -> None:
-        data = encode_row(row)
+        data = encode_row(row, self.task)
         self._buffers.setdefault(shard_of(row.key, self.n_shards), []).append(data)
         self._size += len(data)
         if self._size >= FLUSH_BYTES:
@@ -150,20 +152,27 @@ def shard_files(directory: Path, shard: int) -> list[Path]:
 _SR = b"ServiceRequest"
 
 
-def group_shard(data: bytes) -> Iterator[tuple[str, list[Row]]]:
+def group_shard(data: bytes, offsets: Mapping[int, int] | None = None) -> Iterator[tuple[str, list[Row]]]:
     """Group a shard's spilled lines by patient, in key order; groups without a ServiceRequest are skipped
-    before any Row is built (the join would drop them anyway), which is most patients of an export."""
+    before any Row is built (the join would drop them anyway), which is most patients of an export.
+    ``offsets``: per read task, what turns its relative line numbers into the file's."""
     groups: dict[bytes, list[list[bytes]]] = {}
     for line in data.split(b"\n"):
         if line:
-            parts = line.split(b"\t", 5)
+            parts = line.split(b"\t", 6)
             groups.setdefault(parts[0], []).append(parts)
+    shift: Mapping[int, int] = offsets or {}
     for key in sorted(groups):
         items = groups[key]
         if not any(p[1] == _SR for p in items):
             continue
         skey = key.decode()
-        rows = [Row(skey, p[1].decode(), int(p[2]), int(p[3]), int(p[4]), p[5]) for p in items]
+        rows = []
+        for p in items:
+            line_no = int(p[4])
+            if line_no:
+                line_no += shift.get(int(p[3]), 0)
+            rows.append(Row(skey, p[1].decode(), int(p[2]), line_no, int(p[5]), p[6]))
         rows.sort(key=Row.position)
         yield skey, rows
 

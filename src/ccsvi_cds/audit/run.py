@@ -28,7 +28,7 @@ from .outputs import (
 )
 from .parts import EngineResult
 from .report import write_report
-from .sources import discover, iter_tasks, plan_tasks, sha256_of
+from .sources import discover, iter_cut_tasks, plan_tasks, sha256_of
 
 Progress = Callable[[str, int, int], None]
 
@@ -86,7 +86,7 @@ def run_audit(opts: AuditOptions, progress: Progress | None = None) -> dict[str,
         else:
             from .embedded import run_embedded
 
-            result = run_embedded(files, iter_tasks(files), opts.rules_dir, scratch, opts.workers, progress,
+            result = run_embedded(files, iter_cut_tasks(files), opts.rules_dir, scratch, opts.workers, progress,
                                   opts.base_url, pack.digest, pack, on_started=start_hashing,
                                   validate=opts.validate)
         digests = [d.result() for d in digest_futures]

@@ -59,7 +59,9 @@ class ReadTask:
     file_index: int
     start: int = 0
     end: int = -1  # -1: to the end of the file
-    first_line: int = 1
+    # Line number of the task's first line; None when not known yet (``iter_cut_tasks``): lines are then
+    # numbered from 1 within the task and the caller adds the task's offset once all tasks have been read.
+    first_line: int | None = 1
 
 
 @dataclass(slots=True)
@@ -278,11 +280,54 @@ def iter_tasks(files: Sequence[InputFile], chunk_bytes: int | None = None) -> It
         yield ReadTask(idx, start, -1, first_line)
 
 
+def iter_cut_tasks(files: Sequence[InputFile], chunk_bytes: int | None = None) -> Iterator[ReadTask]:
+    """Like ``iter_tasks`` without reading the files: each cut is found by seeking ~``chunk_bytes`` on and
+    reading to the next newline. Line numbers are then relative to each task (``first_line`` None): each
+    task reports how many lines it read, and absolute numbers follow from those counts."""
+    chunk_bytes = chunk_bytes or CHUNK_BYTES
+    for idx, f in enumerate(files):
+        if f.kind != "ndjson" or f.gzip or f.size <= chunk_bytes:
+            yield ReadTask(idx, 0, -1, 1)
+            continue
+        start = 0
+        with open(f.path, "rb") as fh:
+            while start + chunk_bytes < f.size:
+                pos = start + chunk_bytes
+                fh.seek(pos)
+                cut = -1
+                while block := fh.read(1 << 16):
+                    nl = block.find(b"\n")
+                    if nl >= 0:
+                        cut = pos + nl + 1
+                        break
+                    pos += len(block)
+                if cut < 0 or cut >= f.size:
+                    break
+                yield ReadTask(idx, start, cut, None)
+                start = cut
+        yield ReadTask(idx, start, -1, None if start else 1)
+
+
+def line_offsets(tasks: Sequence[tuple[int, ReadTask, int]]) -> dict[int, int]:
+    """Per task index, what to add to its relative line numbers: the lines of the earlier tasks of the same
+    file. ``tasks``: (task index, task, lines the task read)."""
+    offsets: dict[int, int] = {}
+    seen: dict[int, int] = {}
+    for index, task, lines in sorted(tasks, key=lambda t: (t[1].file_index, t[1].start)):
+        if task.first_line is None:
+            offsets[index] = seen.get(task.file_index, 0)
+        else:
+            offsets[index] = 0
+        seen[task.file_index] = seen.get(task.file_index, 0) + lines
+    return offsets
+
+
 # ---------------------------------------------------------------------------------------------- reading
 
 
 def read_task(files: Sequence[InputFile], task: ReadTask, keep: frozenset[str] | None = None,
-              counted: dict[str, int] | None = None) -> Iterator[Record | BadRecord | str]:
+              counted: dict[str, int] | None = None,
+              meta: dict[str, int] | None = None) -> Iterator[Record | BadRecord | str]:
     """Yield every record of a task, and a BadRecord for each line/entry that is not a FHIR resource.
 
     NDJSON resources of a type not in ``keep`` are only counted (into ``counted`` if given, else yielded
@@ -290,7 +335,7 @@ def read_task(files: Sequence[InputFile], task: ReadTask, keep: frozenset[str] |
     """
     f = files[task.file_index]
     if f.kind == "ndjson":
-        yield from _read_ndjson(f, task, keep, counted)
+        yield from _read_ndjson(f, task, keep, counted, meta)
     else:
         yield from _read_json(f, task.file_index)
 
@@ -325,14 +370,15 @@ def _iter_lines(f: InputFile, task: ReadTask) -> Iterator[bytes]:
 
 
 def _read_ndjson(f: InputFile, task: ReadTask, keep: frozenset[str] | None,
-                 counted: dict[str, int] | None) -> Iterator[Record | BadRecord | str]:
+                 counted: dict[str, int] | None,
+                 meta: dict[str, int] | None = None) -> Iterator[Record | BadRecord | str]:
     """The hot loop of the audit: every line is parsed (so malformed lines are always reported), but a
     resource whose type is not in ``keep`` costs only its type name (no Record)."""
     if keep is not None and counted is not None and simdjson is not None:
-        yield from _read_ndjson_lazy(f, task, keep, counted)
+        yield from _read_ndjson_lazy(f, task, keep, counted, meta)
         return
     idx = task.file_index
-    line_no = task.first_line - 1
+    first = line_no = (task.first_line or 1) - 1
     loads, decode_error = orjson.loads, orjson.JSONDecodeError
     try:
         for line in _iter_lines(f, task):
@@ -362,15 +408,17 @@ def _read_ndjson(f: InputFile, task: ReadTask, keep: frozenset[str] | None,
             yield Record(obj, line, idx, line_no, None)
     except (OSError, EOFError, gzip.BadGzipFile) as exc:  # truncated gzip etc.: keep what was read
         yield BadRecord(idx, line_no + 1, None, f"file unreadable from here on: {exc}")
+    if meta is not None:
+        meta["lines"] = line_no - first
 
 
-def _read_ndjson_lazy(f: InputFile, task: ReadTask, keep: frozenset[str],
-                      counted: dict[str, int]) -> Iterator[Record | BadRecord]:
+def _read_ndjson_lazy(f: InputFile, task: ReadTask, keep: frozenset[str], counted: dict[str, int],
+                      meta: dict[str, int] | None = None) -> Iterator[Record | BadRecord]:
     """``_read_ndjson`` for the common case (most lines are types the rules never read): simdjson checks
     each line is well-formed JSON and reads its resourceType without building objects; only the resources
     kept are then fully parsed with orjson."""
     idx = task.file_index
-    line_no = task.first_line - 1
+    first = line_no = (task.first_line or 1) - 1
     parser = simdjson.Parser()
     Obj = simdjson.Object
     loads = orjson.loads
@@ -401,6 +449,8 @@ def _read_ndjson_lazy(f: InputFile, task: ReadTask, keep: frozenset[str],
             yield Record(obj, line, idx, line_no, None)
     except (OSError, EOFError, gzip.BadGzipFile) as exc:  # truncated gzip etc.: keep what was read
         yield BadRecord(idx, line_no + 1, None, f"file unreadable from here on: {exc}")
+    if meta is not None:
+        meta["lines"] = line_no - first
 
 
 def _entry_identity(entry: dict[str, Any]) -> tuple[str | None, dict[str, Any] | None]:

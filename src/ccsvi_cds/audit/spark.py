@@ -41,7 +41,8 @@ def _read(files: Sequence[InputFile], item: tuple[int, ReadTask]) -> Iterator[tu
     from .embedded import read_and_route
 
     rows: list[Row] = []
-    counts, side, errors = read_and_route(files, item[1], rows.append)
+    counts, side, bad, _ = read_and_route(files, item[1], rows.append)  # Spark's tasks know their first line
+    errors = [error_line(files[b.file_index].path, b.file_index, b.line, b.entry, b.reason) for b in bad]
     for r in rows:
         yield ("R", r.key, (r.rtype, r.file_index, r.line, r.entry, r.raw))
     for s in side:
