@@ -150,6 +150,16 @@ async def health(request: Request, rt: Runtime) -> Response:
                           "pid": os.getpid()}, 200 if ok else 503)
 
 
+async def patient_info(request: Request, rt: Runtime) -> Response:
+    """The patient-facing page a card links to, from the running pack. Public: a patient's browser opens it."""
+    from ccsvi_cds.patient_info import page_path, render_page
+
+    path = page_path(rt.rules.current.pack.root, request.path_params["page"]) if rt.rules.loaded else None
+    if path is None:
+        raise ServiceError(404, Problem("no such patient information page", code="not-found"))
+    return Response(render_page(path.read_text(encoding="utf-8")), media_type="text/html; charset=utf-8")
+
+
 def _reload_status(request: Request) -> dict[str, Any] | None:
     """Hot reload: off (None), or watching with the latest outcome (e.g. a refused edit and its errors)."""
     reloader = getattr(request.app.state, "reloader", None)
@@ -236,6 +246,7 @@ def create_app(settings: ServiceSettings | None = None) -> Starlette:
         Route("/cds-services/{service_id}", guarded(invoke), methods=["POST"]),
         Route("/cds-services/{service_id}/feedback", guarded(feedback), methods=["POST"]),
         Route("/health", guarded(health), methods=["GET"]),
+        Route("/patient-info/{page}", guarded(patient_info), methods=["GET"]),
     ]
     middleware = [
         Middleware(AccessLog),
