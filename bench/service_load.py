@@ -351,8 +351,8 @@ def main() -> None:
         default = series(wrk, tmp, lua, body_file, validation=False, rates=RATES)
         total = sum(default["rss_mb"].values())
         print(f"  RSS after load (MB): {default['rss_mb']}  total {total:.1f}", flush=True)
-        validated = series(wrk, tmp, lua, body_file, validation=True, rates=[200])
         with_jwt = series(wrk, tmp, lua, body_file, validation=False, rates=[200, 600], auth=True, unpaced=False)
+        validated = series(wrk, tmp, lua, body_file, validation=True, rates=[200])
     result = {"workers": WORKERS, "cores": os.cpu_count(), "seconds_per_run": RUN_S, "request_bytes": len(body),
               "in_process": costs, "default": default, "with_validation": validated, "with_jwt": with_jwt}
     (OUT / "service_load.json").write_text(json.dumps(result, indent=2))
