@@ -6,7 +6,6 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-
 from ccsvi_cds.rulepack.loader import RulePack
 from ccsvi_cds.rulepack.model import Rule
 from ccsvi_cds.rulepack.templates import inline_citations, template_env

@@ -9,7 +9,6 @@ from ccsvi_cds.evaluate import Evaluation, Evaluator
 from ccsvi_cds.rulepack import RulePack, load_pack
 
 
-
 @pytest.fixture(scope="session")
 def pack() -> RulePack:
     return load_pack(ROOT / "rules")

@@ -4,8 +4,22 @@ from __future__ import annotations
 
 import pytest
 from builders import (
-    CPT, ICD10, ICD10CM, ICD11, IJV, LOINC, PCS, SCT, bundle, concept, condition, order, patient, procedure,
-    research_subject, study,
+    CPT,
+    ICD10,
+    ICD10CM,
+    ICD11,
+    IJV,
+    LOINC,
+    PCS,
+    SCT,
+    bundle,
+    concept,
+    condition,
+    order,
+    patient,
+    procedure,
+    research_subject,
+    study,
 )
 
 ANGIO = ("venous-angioplasty-ms", "warning", "ServiceRequest/sr1")

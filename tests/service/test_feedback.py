@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import service_payloads as p
 from cdshooks_checks import cards_of, expressions, outcome
-from conftest import Service
+from service_harness import Service
 
 SIGN = "/cds-services/ccsvi-order-sign"
 FEEDBACK = SIGN + "/feedback"

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import service_payloads as p
 from cdshooks_checks import assert_no_empty_values, cards_of, expressions, outcome, rules_of
-from conftest import GOOD_TOKEN, FakeFhir, Service, free_port
+from service_harness import GOOD_TOKEN, FakeFhir, Service, free_port
 
 SIGN = "/cds-services/ccsvi-order-sign"
 SELECT = "/cds-services/ccsvi-order-select"

@@ -10,7 +10,7 @@ import httpx
 import pytest
 import service_payloads as p
 from cdshooks_checks import expressions, outcome
-from conftest import Service
+from service_harness import Service
 
 SIGN = "/cds-services/ccsvi-order-sign"
 

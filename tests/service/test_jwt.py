@@ -15,9 +15,9 @@ import jwt
 import pytest
 import service_payloads as p
 from cdshooks_checks import cards_of, outcome
-from conftest import FakeFhir, Service, free_port
 from cryptography.hazmat.primitives import serialization
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
+from service_harness import FakeFhir, Service, free_port
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "shared" / "cds-hooks" / "examples"
 SIGN = "/cds-services/ccsvi-order-sign"

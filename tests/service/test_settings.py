@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import SERVE, free_port
+from service_harness import SERVE, free_port
 
 from ccsvi_cds.service.fhir_client import ServerAllowlist
 from ccsvi_cds.service.settings import ServiceSettings, is_loopback

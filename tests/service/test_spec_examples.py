@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import service_payloads as p
 from cdshooks_checks import cards_of
-from conftest import Service
+from service_harness import Service
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "shared" / "cds-hooks" / "examples"
 SERVICE_OF = {"order-select": "/cds-services/ccsvi-order-select", "order-sign": "/cds-services/ccsvi-order-sign"}

@@ -6,7 +6,6 @@ its FHIR path and is skipped; the rest of the input is still evaluated.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
