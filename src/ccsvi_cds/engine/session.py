@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from durable import engine as durable
+from durable import engine as durable  # type: ignore[import-untyped]
 
 END_KIND = "__end__"
 END_RULE = "__end__"
