@@ -19,7 +19,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -134,17 +133,16 @@ def ensure_wrk() -> str:
     return found
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+sys.path.insert(0, str(ROOT / "tests" / "service"))  # the test suite's payloads and harness
 
 
 def request_body() -> bytes:
-    sys.path.insert(0, str(ROOT / "tests" / "service"))
     import service_payloads
 
     return json.dumps(service_payloads.order_sign()).encode()
+
+
+from service_harness import free_port
 
 
 class Server:
@@ -247,6 +245,7 @@ def wrk_run(wrk: str, server: Server, lua: Path, body: Path, rate: int | None, s
 def in_process_costs(body: bytes) -> dict[str, float]:
     """Per-request evaluation cost and per-resource full-validation cost, without HTTP."""
     from ccsvi_cds.evaluate import Evaluator
+    from ccsvi_cds.facts.fhir import flatten
     from ccsvi_cds.facts.hookrequest import resources_from_hook_request
     from ccsvi_cds.facts.validate import validation_errors
     from ccsvi_cds.rulepack import load_pack
@@ -254,8 +253,7 @@ def in_process_costs(body: bytes) -> dict[str, float]:
     req = json.loads(body)
     pack = load_pack(ROOT / "rules")
     located, targets = resources_from_hook_request(req)
-    resources = [e["resource"] for e in req["context"]["draftOrders"]["entry"]]
-    resources += [e["resource"] for e in req["prefetch"]["conditions"]["entry"]]
+    resources = [item.resource for item in flatten(located)[0]]
 
     def per_call(fn: Any, n: int) -> float:
         for _ in range(min(n, 50)):

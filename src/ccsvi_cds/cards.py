@@ -41,15 +41,13 @@ class CardBuilder:
                 f"{EXTENSION_PREFIX}.rule": {"id": r.id, "version": r.version},
                 f"{EXTENSION_PREFIX}.pack": pack_ext,
                 f"{EXTENSION_PREFIX}.evidence": list(r.card.evidence),
+                "links": [self._link(link_id) for link_id in r.card.links],
             }
             for r in pack.rules
         }
-        self._link_cache: dict[tuple[str, str], list[dict[str, str]]] = {}
 
-    def build(self, rule: Rule, facts: Mapping[str, Mapping[str, Any]], matched: Mapping[str, Any],
-              base_url: str | None = None) -> dict[str, Any]:
+    def build(self, rule: Rule, facts: Mapping[str, Mapping[str, Any]], matched: Mapping[str, Any]) -> dict[str, Any]:
         """facts: the template context (matched aliases plus `order` and `patient`); matched: for the record."""
-        base = (base_url or self.base_url).rstrip("/")
         order_ref = facts["order"]["ref"]
         spec = rule.card
         static = self._static[rule.id]
@@ -76,11 +74,8 @@ class CardBuilder:
             card["selectionBehavior"] = "at-most-one"
         if static["overrideReasons"]:
             card["overrideReasons"] = static["overrideReasons"]
-        links = self._link_cache.get((rule.id, base))
-        if links is None:
-            links = self._link_cache[(rule.id, base)] = [self._link(link_id, base) for link_id in spec.links]
-        if links:
-            card["links"] = links
+        if static["links"]:
+            card["links"] = static["links"]
         card["extension"] = {
             f"{EXTENSION_PREFIX}.rule": static[f"{EXTENSION_PREFIX}.rule"],
             f"{EXTENSION_PREFIX}.pack": static[f"{EXTENSION_PREFIX}.pack"],
@@ -114,10 +109,10 @@ class CardBuilder:
             resource["subject"] = {"reference": patient}
         return {"type": "create", "description": description, "resource": resource}
 
-    def _link(self, link_id: str, base: str) -> dict[str, str]:
+    def _link(self, link_id: str) -> dict[str, str]:
         if link_id in self._links:
             link = self._links[link_id]
-            return {"label": link.label, "url": link.url.replace("{base_url}", base), "type": "absolute"}
+            return {"label": link.label, "url": link.url.replace("{base_url}", self.base_url), "type": "absolute"}
         citation = self.pack.evidence[link_id]
         assert citation.link is not None  # the loader refuses links without a verified identifier
         return {"label": citation.label, "url": citation.link, "type": "absolute"}

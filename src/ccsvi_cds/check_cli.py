@@ -10,8 +10,7 @@ import click
 import orjson
 
 from ccsvi_cds.evaluate import Evaluation, Evaluator
-from ccsvi_cds.facts.fhir import Located
-from ccsvi_cds.facts.hookrequest import resources_from_hook_request
+from ccsvi_cds.facts.hookrequest import is_hook_request
 from ccsvi_cds.rulepack import PackError, load_pack
 
 DEFAULT_RULES = Path("rules")
@@ -25,23 +24,19 @@ def _read_json(path: Path) -> Any:
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        line = raw[: exc.pos].count(b"\n") + 1
-        col = exc.pos - (raw.rfind(b"\n", 0, exc.pos) + 1) + 1
-        raise click.ClickException(f"{path}:{line}:{col}: not valid JSON: {exc.msg}") from exc
+        raise click.ClickException(f"{path}:{exc.lineno}:{exc.colno}: not valid JSON: {exc.msg}") from exc
 
 
 def evaluate_file(evaluator: Evaluator, path: Path) -> Evaluation:
     """A CDS Hooks request (has `hook` and `context`) or FHIR JSON (a resource or a Bundle)."""
     data = _read_json(path)
-    if isinstance(data, dict) and isinstance(data.get("context"), dict) and "resourceType" not in data:
-        located, targets = resources_from_hook_request(data)
-        patient = (data.get("context") or {}).get("patientId")
-        return evaluator.evaluate(located, targets, default_patient=patient if isinstance(patient, str) else None)
+    if is_hook_request(data):
+        return evaluator.evaluate_request(data)
     if not isinstance(data, dict) or not isinstance(data.get("resourceType"), str):
         raise click.ClickException(
             f"{path}: neither a CDS Hooks request (hook, context) nor a FHIR resource (resourceType)"
         )
-    return evaluator.evaluate([Located(data["resourceType"], data)])
+    return evaluator.evaluate_document(data, data["resourceType"])
 
 
 def _text(path: Path, result: Evaluation) -> str:

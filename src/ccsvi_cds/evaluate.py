@@ -7,15 +7,16 @@ state: the same input gives the same findings, in the same order.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from ccsvi_cds.cards import CardBuilder
-from ccsvi_cds.engine import RuleEngine
+from ccsvi_cds.engine import Match, RuleEngine
 from ccsvi_cds.facts.classify import compile_classifiers
-from ccsvi_cds.facts.extract import Issue, group_by_patient, project_group
-from ccsvi_cds.facts.fhir import Located, Resource, flatten, normalize_reference
+from ccsvi_cds.facts.extract import Issue, PatientGroup, group_by_patient, project_group
+from ccsvi_cds.facts.fhir import Located, Resource, ShapeError, flatten, normalize_reference
+from ccsvi_cds.facts.hookrequest import is_hook_request, resources_from_hook_request
 from ccsvi_cds.facts.validate import validation_errors
 from ccsvi_cds.rulepack.compiler import admission_filter, compile_rules, rule_id_of
 from ccsvi_cds.rulepack.loader import RulePack
@@ -74,15 +75,28 @@ class Evaluator:
             return False  # no rule mentions this kind of fact
         return all(fact.get(name) in allowed for name, allowed in constraints)
 
+    def evaluate_request(self, request: Mapping[str, Any]) -> Evaluation:
+        """A CDS Hooks request: its draft orders (order-select: the selections) with its prefetch."""
+        located, targets = resources_from_hook_request(request)
+        patient = (request.get("context") or {}).get("patientId")
+        return self.evaluate(located, targets, default_patient=patient if isinstance(patient, str) else None)
+
+    def evaluate_document(self, data: Any, origin: str) -> Evaluation:
+        """A JSON document as users hand it over: a CDS Hooks request, a FHIR resource or Bundle, or a list."""
+        if is_hook_request(data):
+            return self.evaluate_request(data)
+        if isinstance(data, list):
+            return self.evaluate([Located(f"{origin}[{i}]", r) for i, r in enumerate(data)])
+        return self.evaluate([Located(origin, data)])
+
     def evaluate(self, resources: Iterable[Resource | Located | tuple[str, Resource]],
-                 targets: Collection[str] | None = None, *, default_patient: str | None = None,
-                 base_url: str | None = None, origin: str = "resources") -> Evaluation:
+                 targets: Collection[str] | None = None, *, default_patient: str | None = None) -> Evaluation:
         """Evaluate the orders among `resources` (all ServiceRequests, or only `targets`), patient by patient."""
         result = Evaluation()
         try:
-            located, aliases = flatten(resources, origin)
-        except ValueError as exc:
-            result.issues.append(Issue(getattr(exc, "path", origin), getattr(exc, "message", str(exc))))
+            located, aliases = flatten(resources)
+        except ShapeError as exc:
+            result.issues.append(Issue(exc.path, exc.message))
             return result
         if self.validate:
             located = self._validated(located, result.issues)
@@ -103,7 +117,7 @@ class Evaluator:
             if not any(f["kind"] == "order" for f in facts):
                 continue
             matches = self._engine.run(facts)
-            result.findings.extend(self._findings(group, matches, base_url))
+            result.findings.extend(self._findings(group, matches))
         result.findings.sort(key=lambda f: (f.patient_ref or "", f.order_ref, SEVERITY[f.indicator],
                                             self._priority[f.rule_id], f.rule_id))
         return result
@@ -117,7 +131,7 @@ class Evaluator:
                 kept.append(item)
         return kept
 
-    def _findings(self, group: Any, matches: list[Any], base_url: str | None) -> list[Finding]:
+    def _findings(self, group: PatientGroup, matches: list[Match]) -> list[Finding]:
         seen: dict[tuple[str, str], Any] = {}
         for match in sorted(matches, key=lambda m: (m.rule, sorted((a, f.get("ref", "")) for a, f in m.facts.items()))):
             rule = self._rules[rule_id_of(match.rule)]
@@ -128,7 +142,7 @@ class Evaluator:
             full = {alias: group.fact(f["ref"]) or f for alias, f in match.facts.items()}
             context = {**full, "order": full[rule.order], "patient": group.facts[0]}
             matched = {alias: {k: v for k, v in f.items() if v is not None} for alias, f in full.items()}
-            card = self._cards.build(rule, context, matched, base_url)
+            card = self._cards.build(rule, context, matched)
             order = full[rule.order]
             located = group.orders[order_ref]
             out.append(Finding(

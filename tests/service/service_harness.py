@@ -163,8 +163,3 @@ class FakeFhir:
                 return self._send(404, {"resourceType": "OperationOutcome", "issue": []})
 
         return Handler
-
-
-# --- signing keys -------------------------------------------------------------------------------------
-
-

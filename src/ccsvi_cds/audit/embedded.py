@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 
 from .evaluator import build_evaluator
-from .join import SideTables, build_side_tables, error_line, evaluate_patient
+from .join import SideTables, build_side_tables, error_line, evaluate_patient_or_report
 from .partition import (
     NEEDED_TYPES,
     SideRow,
@@ -153,13 +153,7 @@ def _evaluate_shard(shard: int) -> ShardResult:
     errors: list[tuple[str, bytes]] = []
     patients = evaluated = 0
     for key, rows in group_shard(data, _OFFSETS):
-        try:
-            res = evaluate_patient(key, rows, _SIDE, ev, paths)
-        except Exception as exc:  # noqa: BLE001 - one patient's failure must not lose the rest of the shard
-            first = rows[0]
-            errors.append(error_line(paths[first.file_index], first.file_index, first.line or None,
-                                     first.entry or None, f"evaluation failed: {type(exc).__name__}", key))
-            continue
+        res = evaluate_patient_or_report(key, rows, _SIDE, ev, paths)
         findings += res.findings
         errors += res.errors
         if res.evaluated:

@@ -244,3 +244,17 @@ def evaluate_patient(
             orjson.dumps(rec),
         ))
     return out
+
+
+def evaluate_patient_or_report(key: str, rows: Sequence[Row], side: SideTables, evaluator: EvaluatorLike,
+                               file_paths: Sequence[str]) -> PatientResult:
+    """`evaluate_patient`, with a failure reported as an error line on the patient's first record: one
+    patient's failure must not lose the rest of a shard or partition."""
+    try:
+        return evaluate_patient(key, rows, side, evaluator, file_paths)
+    except Exception as exc:  # noqa: BLE001
+        first = min(rows, key=Row.position)
+        out = PatientResult()
+        out.errors.append(error_line(file_paths[first.file_index], first.file_index, first.line or None,
+                                     first.entry or None, f"evaluation failed: {type(exc).__name__}", key))
+        return out

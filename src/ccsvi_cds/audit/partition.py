@@ -60,13 +60,11 @@ class SideRow:
 Classified = Row | SideRow | BadRecord | None
 
 
-def classify(rec: Record | BadRecord | str) -> tuple[str | None, Classified]:
+def classify(rec: Record | BadRecord) -> tuple[str | None, Classified]:
     """Decide what one record is for. Returns (resource type for the read counts, routed item or None).
 
     None as item means "counted, not needed". Invalid records become BadRecord with the reason.
     """
-    if isinstance(rec, str):  # a resource the reader was told only to count
-        return rec, None
     if isinstance(rec, BadRecord):
         return None, rec
     res = rec.resource
@@ -173,8 +171,7 @@ def group_shard(data: bytes, offsets: Mapping[int, int] | None = None) -> Iterat
             if line_no:
                 line_no += shift.get(int(p[3]), 0)
             rows.append(Row(skey, p[1].decode(), int(p[2]), line_no, int(p[5]), p[6]))
-        rows.sort(key=Row.position)
-        yield skey, rows
+        yield skey, rows  # evaluate_patient orders them
 
 
 def choose_shards(total_bytes: int, target: int = 16 * 1024 * 1024, maximum: int = 4096) -> int:

@@ -11,22 +11,18 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ccsvi_cds.facts.fhir import normalize_reference
+from ccsvi_cds.facts.extract import RESEARCH_STUDY_EXT, patient_of
+from ccsvi_cds.facts.fhir import ShapeError, normalize_reference
+
+# The evaluator's own normalisation, so that the audit's join and the rules' reference resolution can never
+# disagree; ``urn:`` references resolve through the Bundle's fullUrl map.
+normalise = normalize_reference
 
 
-def normalise(ref: str | None, full_urls: Mapping[str, str] | None = None) -> str | None:
-    """Return ``Type/id`` for a reference string, or None when it cannot be read as one.
-
-    The evaluator's own normalisation, so that the audit's join and the rules' reference resolution can
-    never disagree; ``urn:`` references resolve through ``full_urls`` (Bundle fullUrl -> ``Type/id``).
-    """
-    return normalize_reference(ref, full_urls)  # type: ignore[arg-type]
-
-
-def ref_of(value: Any, full_urls: Mapping[str, str] | None = None) -> str | None:
+def ref_of(value: Any) -> str | None:
     """Normalise a FHIR Reference element (a dict with ``reference``); anything else gives None."""
     if isinstance(value, dict):
-        return normalise(value.get("reference"), full_urls)
+        return normalise(value.get("reference"))
     return None
 
 
@@ -48,8 +44,6 @@ def rewrite_references(node: Any, full_urls: Mapping[str, str]) -> None:
                 rewrite_references(v, full_urls)
 
 
-STUDY_EXTENSION = "http://hl7.org/fhir/StructureDefinition/workflow-researchStudy"
-
 # Resources the join keeps, with the element naming their patient.
 PATIENT_KEYED: dict[str, tuple[str, ...]] = {
     "ServiceRequest": ("subject",),
@@ -61,18 +55,13 @@ PATIENT_KEYED: dict[str, tuple[str, ...]] = {
 SIDE_TYPES = frozenset({"ResearchStudy", "Organization", "Practitioner", "PractitionerRole"})
 
 
-def patient_key(resource: Mapping[str, Any], full_urls: Mapping[str, str] | None = None) -> str | None:
-    """The ``Patient/id`` a resource belongs to for the join, or None (not patient-keyed / no subject)."""
-    rtype = resource.get("resourceType")
-    if rtype == "Patient":
-        rid = resource.get("id")
-        return f"Patient/{rid}" if isinstance(rid, str) and rid else None
-    fields = PATIENT_KEYED.get(rtype)  # type: ignore[arg-type]
-    if fields is None:
+def patient_key(resource: dict[str, Any]) -> str | None:
+    """The ``Patient/id`` a resource belongs to for the join, exactly as the evaluator groups it; None when
+    it is not patient-keyed or names no readable patient."""
+    try:
+        return patient_of(resource, str(resource.get("resourceType")), {})
+    except ShapeError:
         return None
-    # As the evaluator reads it: R5 ResearchSubject.subject when present, else R4 individual.
-    field = fields[-1] if len(fields) > 1 and fields[-1] in resource else fields[0]
-    return ref_of(resource.get(field), full_urls)
 
 
 def study_refs(resource: Mapping[str, Any]) -> list[str]:
@@ -85,7 +74,7 @@ def study_refs(resource: Mapping[str, Any]) -> list[str]:
             out.append(r)
     elif rtype == "ServiceRequest":
         for ext in resource.get("extension") or ():
-            if isinstance(ext, dict) and ext.get("url") == STUDY_EXTENSION:
+            if isinstance(ext, dict) and ext.get("url") == RESEARCH_STUDY_EXT:
                 r = ref_of(ext.get("valueReference"))
                 if r:
                     out.append(r)

@@ -28,7 +28,7 @@ from .outputs import (
 )
 from .parts import EngineResult
 from .report import write_report
-from .sources import discover, iter_cut_tasks, plan_tasks, sha256_of
+from .sources import discover, iter_cut_tasks, plan_tasks
 
 Progress = Callable[[str, int, int], None]
 
@@ -66,7 +66,7 @@ def run_audit(opts: AuditOptions, progress: Progress | None = None) -> dict[str,
     digest_futures: list[Future[str]] = []
 
     def start_hashing() -> None:
-        digest_futures.extend(hashing.submit(sha256_of, f.path) for f in files)
+        digest_futures.extend(hashing.submit(sha256_file, Path(f.path)) for f in files)
 
     opts.out_dir.mkdir(parents=True, exist_ok=True)
     if opts.workdir is not None:
@@ -93,9 +93,7 @@ def run_audit(opts: AuditOptions, progress: Progress | None = None) -> dict[str,
         with staged(opts.out_dir) as stage:
             stats = write_findings(stage, result.finding_parts)
             n_errors, error_kinds = write_errors(stage, result.error_parts)
-            rule_indicator: dict[str, str] = {}
-            for row in stats.table:
-                rule_indicator.setdefault(row["rule"], row["indicator"])
+            rule_indicator = {rule_id: pack.rule(rule_id).indicator for rule_id in stats.by_rule}
             summary: dict[str, Any] = {
                 "tool": {"name": "ccsvi-cds audit", "version": _tool_version()},
                 "engine": opts.engine,

@@ -11,8 +11,8 @@ processes can read one file; gzip files and Bundles are read by one task each.
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
-import hashlib
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -21,6 +21,8 @@ from typing import Any, BinaryIO, Literal
 from urllib.parse import urlparse
 
 import orjson
+
+from ccsvi_cds.facts.fhir import id_from_full_url
 
 from .references import rewrite_references
 
@@ -49,7 +51,6 @@ class InputFile:
     kind: Literal["ndjson", "json"]
     gzip: bool
     size: int
-    declared_type: str | None = None  # resource type from a Bulk Data manifest, if any
 
 
 @dataclass(frozen=True)
@@ -147,7 +148,7 @@ def _sniff_json(path: Path, gz: bool) -> None:
         raise InputError(f"{path}: not a FHIR JSON resource or Bundle")
 
 
-def _file_entry(path: Path, display: str, declared_type: str | None = None) -> InputFile:
+def _file_entry(path: Path, display: str) -> InputFile:
     gz = _is_gz(path)
     base = _base_name(path)
     if base.endswith(NDJSON_SUFFIXES):
@@ -162,7 +163,7 @@ def _file_entry(path: Path, display: str, declared_type: str | None = None) -> I
         _sniff_ndjson(path, gz)
     else:
         _sniff_json(path, gz)
-    return InputFile(display, kind, gz, path.stat().st_size, declared_type)
+    return InputFile(display, kind, gz, path.stat().st_size)
 
 
 def _from_manifest(directory: Path, display: str) -> list[InputFile]:
@@ -186,8 +187,8 @@ def _from_manifest(directory: Path, display: str) -> list[InputFile]:
         if local is None:
             raise InputError(f"{mpath}: lists {Path(rel).name}, which is not in {display}")
         shown = os.path.join(display, os.path.relpath(local, directory))
-        entry = _file_entry(local, shown, item.get("type") if isinstance(item.get("type"), str) else None)
-        files.append(InputFile(entry.path, "ndjson", entry.gzip, entry.size, entry.declared_type))
+        entry = _file_entry(local, shown)
+        files.append(dataclasses.replace(entry, kind="ndjson"))
     return files
 
 
@@ -237,15 +238,6 @@ def discover(inputs: Sequence[str]) -> list[InputFile]:
 
 
 # ---------------------------------------------------------------------------------------------- planning
-
-
-def sha256_of(path: str) -> str:
-    """The input digest for summary.json (hashlib releases the GIL: runs beside the workers in a thread)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(_BLOCK):
-            h.update(block)
-    return h.hexdigest()
 
 
 def plan_tasks(files: Sequence[InputFile], chunk_bytes: int | None = None) -> list[ReadTask]:
@@ -327,11 +319,11 @@ def line_offsets(tasks: Sequence[tuple[int, ReadTask, int]]) -> dict[int, int]:
 
 def read_task(files: Sequence[InputFile], task: ReadTask, keep: frozenset[str] | None = None,
               counted: dict[str, int] | None = None,
-              meta: dict[str, int] | None = None) -> Iterator[Record | BadRecord | str]:
+              meta: dict[str, int] | None = None) -> Iterator[Record | BadRecord]:
     """Yield every record of a task, and a BadRecord for each line/entry that is not a FHIR resource.
 
-    NDJSON resources of a type not in ``keep`` are only counted (into ``counted`` if given, else yielded
-    as their type name): skipping the Record keeps the ~80% of an export the rules never read cheap.
+    NDJSON resources of a type not in ``keep`` are only counted (into ``counted``): skipping the Record
+    keeps the ~80% of an export the rules never read cheap.
     """
     f = files[task.file_index]
     if f.kind == "ndjson":
@@ -371,77 +363,42 @@ def _iter_lines(f: InputFile, task: ReadTask) -> Iterator[bytes]:
 
 def _read_ndjson(f: InputFile, task: ReadTask, keep: frozenset[str] | None,
                  counted: dict[str, int] | None,
-                 meta: dict[str, int] | None = None) -> Iterator[Record | BadRecord | str]:
-    """The hot loop of the audit: every line is parsed (so malformed lines are always reported), but a
-    resource whose type is not in ``keep`` costs only its type name (no Record)."""
-    if keep is not None and counted is not None and simdjson is not None:
-        yield from _read_ndjson_lazy(f, task, keep, counted, meta)
-        return
+                 meta: dict[str, int] | None = None) -> Iterator[Record | BadRecord]:
+    """The hot loop of the audit: every line is checked (so malformed lines are always reported), but a
+    resource whose type is not in ``keep`` is only counted. When types are filtered, simdjson checks each
+    line and reads its resourceType without building objects; only the resources kept are parsed with orjson."""
     idx = task.file_index
     first = line_no = (task.first_line or 1) - 1
-    loads, decode_error = orjson.loads, orjson.JSONDecodeError
-    try:
-        for line in _iter_lines(f, task):
-            line_no += 1
-            try:
-                obj = loads(line)
-            except decode_error as exc:
-                if not line.strip():
-                    continue  # blank line
-                yield BadRecord(idx, line_no, None, f"malformed JSON: {exc.args[0] if exc.args else exc}")
-                continue
-            rtype = obj.get("resourceType") if type(obj) is dict else None
-            if type(rtype) is str and keep is not None and rtype not in keep:
-                if counted is None:
-                    yield rtype
-                else:
-                    counted[rtype] = counted.get(rtype, 0) + 1
-                continue
-            if not isinstance(rtype, str):
-                yield BadRecord(idx, line_no, None, "not a FHIR resource (no resourceType)")
-                continue
-            if rtype == "Bundle":  # a Bundle on one NDJSON line: read its entries
-                yield from _bundle_records(obj, idx, line_no)
-                continue
-            if line[-1:].isspace():
-                line = line.strip()
-            yield Record(obj, line, idx, line_no, None)
-    except (OSError, EOFError, gzip.BadGzipFile) as exc:  # truncated gzip etc.: keep what was read
-        yield BadRecord(idx, line_no + 1, None, f"file unreadable from here on: {exc}")
-    if meta is not None:
-        meta["lines"] = line_no - first
-
-
-def _read_ndjson_lazy(f: InputFile, task: ReadTask, keep: frozenset[str], counted: dict[str, int],
-                      meta: dict[str, int] | None = None) -> Iterator[Record | BadRecord]:
-    """``_read_ndjson`` for the common case (most lines are types the rules never read): simdjson checks
-    each line is well-formed JSON and reads its resourceType without building objects; only the resources
-    kept are then fully parsed with orjson."""
-    idx = task.file_index
-    first = line_no = (task.first_line or 1) - 1
-    parser = simdjson.Parser()
-    Obj = simdjson.Object
+    lazy = keep is not None and counted is not None and simdjson is not None
+    parser = simdjson.Parser() if lazy else None
+    Obj = simdjson.Object if lazy else dict
     loads = orjson.loads
     try:
         for line in _iter_lines(f, task):
             line_no += 1
             try:
-                doc = parser.parse(line)
-            except (ValueError, UnicodeDecodeError) as exc:
+                if parser is not None:
+                    doc = parser.parse(line)
+                    obj = None
+                else:
+                    doc = obj = loads(line)
+            except (ValueError, UnicodeDecodeError) as exc:  # orjson's JSONDecodeError is a ValueError
                 if not line.strip():
                     continue  # blank line
                 yield BadRecord(idx, line_no, None, f"malformed JSON: {exc}")
                 continue
             rtype = doc.get("resourceType") if type(doc) is Obj else None
-            del doc  # the parser can only be reused once its document is released
-            if type(rtype) is str and rtype not in keep:
-                counted[rtype] = counted.get(rtype, 0) + 1
+            del doc  # simdjson: the parser can only be reused once its document is released
+            if type(rtype) is str and keep is not None and rtype not in keep:
+                if counted is not None:
+                    counted[rtype] = counted.get(rtype, 0) + 1
                 continue
             if not isinstance(rtype, str):
                 yield BadRecord(idx, line_no, None, "not a FHIR resource (no resourceType)")
                 continue
-            obj = loads(line)
-            if rtype == "Bundle":
+            if obj is None:
+                obj = loads(line)
+            if rtype == "Bundle":  # a Bundle on one NDJSON line: read its entries
                 yield from _bundle_records(obj, idx, line_no)
                 continue
             if line[-1:].isspace():
@@ -458,8 +415,8 @@ def _entry_identity(entry: dict[str, Any]) -> tuple[str | None, dict[str, Any] |
     full = entry.get("fullUrl")
     if not isinstance(res, dict):
         return (full if isinstance(full, str) else None), None
-    if not res.get("id") and isinstance(full, str) and full.startswith("urn:uuid:"):
-        res["id"] = full[len("urn:uuid:"):]
+    if not res.get("id") and (rid := id_from_full_url(full)):
+        res["id"] = rid
     return (full if isinstance(full, str) else None), res
 
 
@@ -545,8 +502,8 @@ def _stream_bundle(f: InputFile, idx: int) -> Iterator[Record | BadRecord]:
                 elif prefix == "entry.item.resource.id":
                     rid = value
                 elif prefix == "entry.item" and event == "end_map" and full and rtype:
-                    if rid is None and full.startswith("urn:uuid:"):
-                        rid = full[len("urn:uuid:"):]
+                    if rid is None:
+                        rid = id_from_full_url(full)
                     if rid:
                         urls[full] = f"{rtype}/{rid}"
         with _open(f.path, f.gzip) as fh:

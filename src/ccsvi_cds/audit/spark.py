@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .evaluator import build_evaluator
-from .join import SideTables, build_side_tables, error_line, evaluate_patient
+from .join import SideTables, build_side_tables, error_line, evaluate_patient_or_report
 from .partition import Row, choose_shards, estimated_bytes
 from .parts import EngineResult
 from .sources import InputFile, ReadTask
@@ -61,15 +61,7 @@ def _evaluate(groups: Iterable[tuple[str, Iterable[tuple[Any, ...]]]], side_b: A
     patients = evaluated = n_findings = n_errors = 0
     for key, values in groups:
         rows = [Row(key, t, fi, ln, en, raw) for t, fi, ln, en, raw in values]
-        try:
-            res = evaluate_patient(key, rows, side, ev, paths)
-        except Exception as exc:  # noqa: BLE001 - one patient's failure must not lose the partition
-            first = min(rows, key=Row.position)
-            k, v = error_line(paths[first.file_index], first.file_index, first.line or None, first.entry or None,
-                              f"evaluation failed: {type(exc).__name__}", key)
-            yield ("E", k, v)
-            n_errors += 1
-            continue
+        res = evaluate_patient_or_report(key, rows, side, ev, paths)
         for k, v in res.findings:
             yield ("F", k, v)
         for k, v in res.errors:

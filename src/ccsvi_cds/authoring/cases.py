@@ -15,9 +15,7 @@ from typing import Any
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ccsvi_cds.evaluate import Evaluation, Evaluator
-from ccsvi_cds.facts.fhir import Located
-from ccsvi_cds.facts.hookrequest import resources_from_hook_request
+from ccsvi_cds.evaluate import Evaluator
 from ccsvi_cds.rulepack.loader import RulePack, _validate
 from ccsvi_cds.rulepack.model import ID_PATTERN, Indicator
 from ccsvi_cds.rulepack.source import Problem, SourceDoc, SourceError, read_doc
@@ -153,25 +151,6 @@ def _check_file(parsed: CaseFile, doc: SourceDoc, pack: RulePack | None) -> list
 # --- running ------------------------------------------------------------------------------------------
 
 
-def read_json(path: Path) -> Any:
-    return orjson.loads(path.read_bytes())
-
-
-def is_hook_request(data: Any) -> bool:
-    return isinstance(data, dict) and isinstance(data.get("context"), dict) and "resourceType" not in data
-
-
-def evaluate_data(evaluator: Evaluator, data: Any, origin: str) -> Evaluation:
-    """Evaluate a CDS Hooks request as the service does (its draft orders + prefetch), or FHIR resources."""
-    if is_hook_request(data):
-        located, targets = resources_from_hook_request(data)
-        patient = data["context"].get("patientId")
-        return evaluator.evaluate(located, targets, default_patient=patient if isinstance(patient, str) else None)
-    items = data if isinstance(data, list) else [data]
-    return evaluator.evaluate([Located(f"{origin}[{i}]" if isinstance(data, list) else origin, r)
-                               for i, r in enumerate(items)])
-
-
 CardKey = tuple[str, str, str]  # (rule id, indicator, order ref)
 
 
@@ -261,11 +240,11 @@ def run_case(evaluator: Evaluator, loaded: LoadedCase) -> CaseResult:
     try:
         if spec.file is not None:
             path = loaded.base / spec.file
-            evaluation = evaluate_data(evaluator, read_json(path), str(path))
+            evaluation = evaluator.evaluate_document(orjson.loads(path.read_bytes()), str(path))
         elif spec.request is not None:
-            evaluation = evaluate_data(evaluator, spec.request, "request")
+            evaluation = evaluator.evaluate_document(spec.request, "request")
         else:
-            evaluation = evaluate_data(evaluator, spec.resources, "resources")
+            evaluation = evaluator.evaluate_document(spec.resources, "resources")
     except (OSError, orjson.JSONDecodeError) as exc:
         result.error = f"cannot read the input: {exc}"
         return result

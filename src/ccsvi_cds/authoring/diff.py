@@ -16,9 +16,9 @@ from typing import Any
 
 import orjson
 
-from ccsvi_cds.authoring.cases import evaluate_data, is_hook_request
 from ccsvi_cds.evaluate import Evaluation, Evaluator
 from ccsvi_cds.facts.fhir import Located
+from ccsvi_cds.facts.hookrequest import is_hook_request
 from ccsvi_cds.rulepack.loader import RulePack
 
 FHIR_DATA = "FHIR data"  # the record name of the pooled audit input
@@ -61,23 +61,18 @@ def collect(inputs: Sequence[str]) -> Records:
     from ccsvi_cds.audit.sources import InputError, ReadTask, Record, discover, read_task
 
     records = Records()
-    fhir_paths: list[str] = []
-    for arg in inputs:
-        p = Path(arg)
-        if not p.exists():
-            raise DiffInputError(f"{arg}: no such file or directory")
-        candidates = sorted(q for q in p.rglob("*") if q.is_file()) if p.is_dir() else [p]
-        for q in candidates:
-            hooks = _hook_requests(q) if q.suffix == ".json" else None
-            if hooks is not None:
-                records.hook_requests.extend(hooks)
-            elif not p.is_dir() or q.name.endswith((".json", ".ndjson", ".json.gz", ".ndjson.gz", ".jsonl")):
-                fhir_paths.append(str(q))
-    if fhir_paths:
-        try:
-            files = discover(fhir_paths)
-        except InputError as exc:
-            raise DiffInputError(str(exc)) from exc
+    try:  # the audit's own discovery: folders, Bulk Data manifests, gzip, the same files an audit reads
+        found = discover(inputs)
+    except InputError as exc:
+        raise DiffInputError(str(exc)) from exc
+    files = []
+    for f in found:
+        hooks = _hook_requests(Path(f.path)) if f.kind == "json" and not f.gzip else None
+        if hooks is not None:
+            records.hook_requests.extend(hooks)
+        else:
+            files.append(f)
+    if files:
         records.fhir_files = len(files)
         for idx, f in enumerate(files):
             for rec in read_task(files, ReadTask(idx)):
@@ -110,7 +105,7 @@ def decide(evaluator: Evaluator, records: Records) -> tuple[Decisions, int, int]
     """(decisions, orders evaluated, input issues) of one pack version over all records."""
     out: Decisions = {}
     orders = issues = 0
-    evaluations: list[tuple[str, Evaluation]] = [(name, evaluate_data(evaluator, req, name))
+    evaluations: list[tuple[str, Evaluation]] = [(name, evaluator.evaluate_document(req, name))
                                                  for name, req in records.hook_requests]
     if records.fhir:
         evaluations.append((FHIR_DATA, evaluator.evaluate(records.fhir)))

@@ -22,7 +22,6 @@ FACT_NAMES = {"order": "the order", "patient": "the patient", "procedure": "a pr
 FIELD_NAMES = {"procedure": "procedure", "site": "site", "vessel": "vessel", "reason": "stated reason",
                "trial": "trial link", "status": "status", "study_status": "study status", "ms": "has MS",
                "ms_subtype": "MS subtype"}
-CLASSIFIED = {"procedure", "site", "vessel", "reason"}
 
 
 def _values(values: list[str]) -> str:
@@ -45,11 +44,9 @@ def describe_pattern(alias: str, pattern: FactPattern, order_alias: str) -> str:
     return f"{who}: " + ("; and ".join(parts) if parts else "any")
 
 
-def describe_condition(when: object) -> str:
-    """A suggestion's condition: {alias: {field: values}} in words (or an older Jinja2 expression as is)."""
-    if isinstance(when, dict):
-        return " and ".join(f"{FACT_NAMES.get(alias, alias)}: {_clause(where)}" for alias, where in when.items())
-    return str(when or "")
+def describe_condition(when: dict[str, Where]) -> str:
+    """A suggestion's condition, {alias: {field: values}}, in words."""
+    return " and ".join(f"{FACT_NAMES.get(alias, alias)}: {_clause(where)}" for alias, where in when.items())
 
 
 @dataclass(frozen=True)

@@ -9,13 +9,13 @@ do not exist, rules that can never fire, value sets nothing uses, and problems i
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from ccsvi_cds.authoring.cases import LoadedCase, load_cases, run_cases
 from ccsvi_cds.authoring.reachability import check_reachability
 from ccsvi_cds.authoring.template_check import check_templates
-from ccsvi_cds.rulepack.loader import NOT_RULES, VALUESETS, RulePack, check_pack
+from ccsvi_cds.rulepack.loader import VALUESETS, RulePack, check_pack
 from ccsvi_cds.rulepack.source import Problem, SourceDoc
 
 KNOWN_SYSTEMS: dict[str, str] = {
@@ -33,7 +33,6 @@ KNOWN_SYSTEMS: dict[str, str] = {
 class LintResult:
     pack: RulePack | None
     problems: list[Problem]
-    cases: list[LoadedCase] = field(default_factory=list)
 
     @property
     def errors(self) -> list[Problem]:
@@ -46,17 +45,6 @@ class LintResult:
     @property
     def ok(self) -> bool:
         return self.pack is not None and not self.errors
-
-
-def rule_docs(pack: RulePack) -> dict[str, SourceDoc]:
-    """rule id -> the file it was read from."""
-    out: dict[str, SourceDoc] = {}
-    for rel, doc in pack.files.items():
-        if "/" not in rel and rel.endswith(".yaml") and rel not in NOT_RULES and isinstance(doc.data, dict):
-            rid = doc.data.get("id")
-            if isinstance(rid, str) and rid not in out:
-                out[rid] = doc
-    return out
 
 
 def valueset_docs(pack: RulePack) -> dict[str, SourceDoc]:
@@ -107,31 +95,14 @@ def check_case_coverage(pack: RulePack, cases: list[LoadedCase], docs: dict[str,
     return problems
 
 
-def _with_hint(problem: Problem) -> Problem:
-    """Every problem says how to fix it: the few loader messages without a hint point at the format."""
-    if problem.hint:
-        return problem
-    name = Path(problem.file).name
-    parent = Path(problem.file).parent.name
-    if parent == VALUESETS:
-        hint = "a FHIR R4 ValueSet with expansion.contains [{system, code, display}]"
-    elif parent == "cases":
-        hint = "see schema/cases.schema.json for the case format"
-    elif name in ("pack.yaml", "evidence.yaml"):
-        hint = f"see schema/{name.removesuffix('.yaml')}.schema.json for the format"
-    else:
-        hint = "see schema/rule.schema.json for the rule format"
-    return replace(problem, hint=hint)
-
-
 def lint_pack(root: Path | str, *, run_case_inputs: bool = True) -> LintResult:
     """All problems of the pack at `root`. `run_case_inputs=False` skips the one check that evaluates
     (never fired by a case), e.g. off the event-loop thread where no engine may be built."""
     root = Path(root)
     pack, problems = check_pack(root)
     if pack is None:
-        return LintResult(None, sorted({_with_hint(p) for p in problems}))
-    docs = rule_docs(pack)
+        return LintResult(None, sorted(set(problems)))
+    docs = pack.rule_files
     problems += check_codes(pack)
     problems += check_unused_valuesets(pack)
     for rule in pack.rules:
@@ -143,7 +114,7 @@ def lint_pack(root: Path | str, *, run_case_inputs: bool = True) -> LintResult:
     problems += case_problems
     if run_case_inputs and not any(p.severity == "error" for p in problems):
         problems += check_case_coverage(pack, cases, docs)
-    return LintResult(pack, sorted({_with_hint(p) for p in problems}), cases)
+    return LintResult(pack, sorted(set(problems)))
 
 
 def format_problems(result: LintResult) -> str:

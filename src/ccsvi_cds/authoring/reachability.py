@@ -9,14 +9,14 @@ from __future__ import annotations
 from typing import Any
 
 from ccsvi_cds.facts.schema import MATCHABLE
-from ccsvi_cds.rulepack.loader import RulePack
-from ccsvi_cds.rulepack.model import FactPattern, PackManifest, Rule, Where
+from ccsvi_cds.rulepack.loader import RulePack, classifier_values
+from ccsvi_cds.rulepack.model import FactPattern, Rule, Where
 from ccsvi_cds.rulepack.source import Problem, SourceDoc
 
 
-def producible(manifest: PackManifest, pack: RulePack, classifier: str) -> set[str]:
+def producible(pack: RulePack, classifier: str) -> set[str]:
     """Values a classifier can actually give: its default, and entries with a code or a text pattern."""
-    spec = manifest.classifiers[classifier]  # type: ignore[index]
+    spec = pack.manifest.classifiers[classifier]  # type: ignore[index]
     values = {spec.default}
     for entry in spec.values:
         coded = any(vs in pack.valuesets and pack.valuesets[vs].codes for vs in entry.code)
@@ -33,9 +33,11 @@ def _dead_fields(pack: RulePack, kind: str, where: Where, loc: tuple[Any, ...], 
         spec = MATCHABLE.get(kind, {}).get(field)
         if not isinstance(spec, str) or not values:
             continue  # fixed or free-text domains; unknown fields and empty lists are the loader's
-        can = producible(pack.manifest, pack, spec)
-        never = [v for v in values if v not in can and v in _domain(pack, spec)]
-        if never and len(never) == len([v for v in values if v in _domain(pack, spec)]):
+        can = producible(pack, spec)
+        domain = classifier_values(pack.manifest, spec)
+        known = [v for v in values if v in domain]  # values outside the domain are the loader's to report
+        never = [v for v in known if v not in can]
+        if never and len(never) == len(known):
             dead = True
             problems.append(doc.problem(loc + (field,),
                                         f"the {spec} classifier can never give {', '.join(never)}: "
@@ -50,11 +52,6 @@ def _dead_fields(pack: RulePack, kind: str, where: Where, loc: tuple[Any, ...], 
                                             f"add codes or patterns for '{v}' in pack.yaml, or drop it here",
                                             severity="warning"))
     return dead
-
-
-def _domain(pack: RulePack, classifier: str) -> set[str]:
-    spec = pack.manifest.classifiers[classifier]  # type: ignore[index]
-    return {spec.default, *(v.value for v in spec.values)}
 
 
 def _pattern_dead(pack: RulePack, pattern: FactPattern, loc: tuple[Any, ...], doc: SourceDoc,

@@ -8,7 +8,6 @@ the `.text` of the concepts plus the displays of codings no value set of the pac
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from ccsvi_cds.facts.fhir import Coded, Coding
@@ -59,9 +58,6 @@ class Classifiers:
                 self.cache.clear()
             self.cache[key] = value
         return value
-
-    def in_valueset(self, codings: Iterable[Coding], members: frozenset[Coding]) -> bool:
-        return any(c in members for c in codings)
 
 
 def compile_classifiers(pack: RulePack) -> Classifiers:

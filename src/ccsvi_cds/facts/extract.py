@@ -243,12 +243,11 @@ def _requester(order: Resource, path: str, aliases: dict[str, str]) -> str | Non
 def project_group(group: PatientGroup, shared: dict[str, Located], aliases: dict[str, str],
                   classify: Classifiers, trial: TrialPolicy, targets: Collection[str] | None,
                   issues: list[Issue]) -> None:
-    """Fill `group.facts` (patient fact first) and `group.orders` (the orders to evaluate)."""
-    by_ref: dict[str, Located] = dict(shared)
-    for item in group.resources:
-        ref = ref_of(item.resource)
-        if ref:
-            by_ref[ref] = item
+    """Fill `group.facts` (patient fact first) and `group.orders` (the orders to evaluate).
+
+    `shared` resolves references: it holds every resource of the input by "Type/id".
+    """
+    by_ref = shared
     ctx = _Context(classify, trial, aliases, by_ref)
 
     ms_conditions: list[tuple[int, str, str]] = []
@@ -271,8 +270,7 @@ def project_group(group: PatientGroup, shared: dict[str, Located], aliases: dict
                     ms_conditions.append((SUBTYPE_RANK[kind], kind, f"Condition/{res['id']}"))
             elif rtype == "ResearchSubject":
                 if subject_statuses(res, path) & set(trial.enrolled_subject_status):
-                    key = "study"
-                    study = reference(res.get(key), f"{path}.{key}", aliases)
+                    study = reference(res.get("study"), f"{path}.study", aliases)
                     if study:
                         if study not in by_ref:
                             issues.append(Issue(f"{path}.study", f"dangling reference to {study}"))
@@ -305,8 +303,8 @@ def project_group(group: PatientGroup, shared: dict[str, Located], aliases: dict
                     "status": _status(res, path), "authored": as_str(res.get("authoredOn"), f"{path}.authoredOn"),
                     "requester": _requester(res, path, aliases),
                     **ctx.venous_fields(res, path), **ctx.trial(res, path, enrolled)}
-            for study in [fact["study"]] if fact["study"] and fact["study"] not in by_ref else []:
-                issues.append(Issue(path, f"dangling reference to {study}: its status cannot be confirmed"))
+            if fact["study"] and fact["study"] not in by_ref:
+                issues.append(Issue(path, f"dangling reference to {fact['study']}: its status cannot be confirmed"))
         except ShapeError as exc:
             issues.append(Issue(exc.path, exc.message))
             continue

@@ -47,6 +47,13 @@ def normalize_reference(ref: str | None, aliases: dict[str, str] | None = None) 
     return f"{m.group(1)}/{m.group(2)}" if m else None
 
 
+def id_from_full_url(full_url: Any) -> str | None:
+    """The id a Bundle entry's resource takes when it has none: the uuid of its urn:uuid fullUrl."""
+    if isinstance(full_url, str) and full_url.startswith("urn:uuid:"):
+        return full_url.removeprefix("urn:uuid:")
+    return None
+
+
 def flatten(items: Iterable[Resource | Located | tuple[str, Resource]], origin: str = "resources") -> tuple[list[Located], dict[str, str]]:
     """Expand Bundles (recursively) into located resources; map fullUrls to 'Type/id'."""
     out: list[Located] = []
@@ -68,9 +75,9 @@ def flatten(items: Iterable[Resource | Located | tuple[str, Resource]], origin: 
                 full_url = entry.get("fullUrl")
                 if isinstance(full_url, str) and isinstance(inner.get("resourceType"), str):
                     rid = inner.get("id")
-                    if not rid and full_url.startswith("urn:uuid:"):
-                        rid = full_url.removeprefix("urn:uuid:")
-                        inner = {**inner, "id": rid}
+                    if not rid:
+                        rid = id_from_full_url(full_url)
+                        inner = {**inner, "id": rid} if rid else inner
                     if rid:
                         aliases[full_url] = f"{inner['resourceType']}/{rid}"
                 visit(inner, f"{epath}.resource")
@@ -180,13 +187,6 @@ def is_r5(resource: Resource) -> bool:
     if rtype == "ResearchStudy":
         return "progressStatus" in resource
     return False
-
-
-def first_present(resource: Resource, *keys: str) -> tuple[str, Any] | None:
-    for key in keys:
-        if key in resource:
-            return key, resource[key]
-    return None
 
 
 def iter_extensions(resource: Resource, path: str, url: str) -> Iterator[tuple[str, dict[str, Any]]]:

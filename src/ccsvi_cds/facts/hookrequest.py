@@ -6,12 +6,18 @@ carry no data (null, OperationOutcome) are skipped here: deciding to fetch them 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from ccsvi_cds.facts.fhir import Located
 
 
-def resources_from_hook_request(request: dict[str, Any]) -> tuple[list[Located], set[str] | None]:
+def is_hook_request(data: Any) -> bool:
+    """A CDS Hooks request (or just its `context`, as the hook definitions' examples give it), not FHIR."""
+    return isinstance(data, dict) and isinstance(data.get("context"), dict) and "resourceType" not in data
+
+
+def resources_from_hook_request(request: Mapping[str, Any]) -> tuple[list[Located], set[str] | None]:
     context = request.get("context") or {}
     located: list[Located] = []
     draft = context.get("draftOrders")
@@ -21,5 +27,7 @@ def resources_from_hook_request(request: dict[str, Any]) -> tuple[list[Located],
         if isinstance(value, dict) and value.get("resourceType") not in (None, "OperationOutcome"):
             located.append(Located(f"prefetch.{key}", value))
     selections = context.get("selections")
-    targets = {s for s in selections if isinstance(s, str)} if isinstance(selections, list) else None
+    if request.get("hook") == "order-sign" or not isinstance(selections, list):
+        return located, None  # order-sign judges every draft order, whatever a client adds
+    targets = {s for s in selections if isinstance(s, str)}
     return located, targets

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,7 @@ class RulePack:
     valuesets: dict[str, ValueSetIndex]
     digest: str
     files: dict[str, SourceDoc] = field(repr=False, compare=False, default_factory=dict)
+    rule_files: dict[str, SourceDoc] = field(repr=False, compare=False, default_factory=dict)  # rule id -> file
 
     @property
     def name(self) -> str:
@@ -123,7 +124,7 @@ def check_pack(root: Path | str) -> tuple[RulePack | None, list[Problem]]:
                 valuesets[index.id] = index
 
     rules: list[Rule] = []
-    seen: dict[str, str] = {}
+    rule_files: dict[str, SourceDoc] = {}
     for path in sorted(root.glob("*.yaml")):
         if path.name in NOT_RULES:
             continue
@@ -133,14 +134,14 @@ def check_pack(root: Path | str) -> tuple[RulePack | None, list[Problem]]:
         rule = _validate(doc, Rule, (), problems)
         if rule is None:
             continue
-        if rule.id in seen:
-            problems.append(doc.problem(("id",), f"duplicate rule id '{rule.id}' (also in {seen[rule.id]})",
+        if rule.id in rule_files:
+            problems.append(doc.problem(("id",), f"duplicate rule id '{rule.id}' (also in {rule_files[rule.id].path.name})",
                                         "rule ids are a public contract: keep one file per id"))
             continue
         if path.stem != rule.id:
             problems.append(doc.problem(("id",), f"rule id '{rule.id}' differs from the file name '{path.name}'",
                                         f"rename the file to {rule.id}.yaml", severity="warning"))
-        seen[rule.id] = path.name
+        rule_files[rule.id] = doc
         rules.append(rule)
         if manifest is not None and evidence_ok:
             _check_rule(rule, doc, manifest, evidence, problems)
@@ -150,9 +151,10 @@ def check_pack(root: Path | str) -> tuple[RulePack | None, list[Problem]]:
     if not rules and not problems:
         problems.append(Problem(str(root), 1, 1, "the pack has no rules", "add one YAML file per rule"))
 
+    problems = [p if p.hint else replace(p, hint=format_hint(p.file)) for p in problems]
     if manifest is None:
         return None, problems
-    pack = RulePack(root, manifest, tuple(rules), evidence, valuesets, _digest(root), docs)
+    pack = RulePack(root, manifest, tuple(rules), evidence, valuesets, _digest(root), docs, rule_files)
     return pack, problems
 
 
@@ -165,6 +167,18 @@ def _digest(root: Path) -> str:
     return h.hexdigest()
 
 
+def format_hint(file: str) -> str:
+    """The fix for a problem no more specific hint covers: where the file's format is described."""
+    path = Path(file)
+    if path.parent.name == VALUESETS:
+        return "a FHIR R4 ValueSet with expansion.contains [{system, code, display}]"
+    if path.parent.name == "cases":
+        return "see schema/cases.schema.json for the case format"
+    if path.name in (MANIFEST, EVIDENCE):
+        return f"see schema/{path.name.removesuffix('.yaml')}.schema.json for the format"
+    return "see schema/rule.schema.json for the rule format"
+
+
 def _validate(doc: SourceDoc, model: type[BaseModel], base: tuple[Any, ...], problems: list[Problem]) -> Any:
     data: Any = doc.data
     for key in base:
@@ -174,7 +188,7 @@ def _validate(doc: SourceDoc, model: type[BaseModel], base: tuple[Any, ...], pro
     except ValidationError as exc:
         for err in exc.errors():
             loc = base + tuple(err["loc"])
-            problems.append(doc.problem(loc, _message(err), _hint(err)))
+            problems.append(doc.problem(loc, _message(err), _hint(err) or format_hint(doc.display)))
         return None
 
 
@@ -260,45 +274,55 @@ def _check_manifest(manifest: PackManifest, doc: SourceDoc, valuesets: dict[str,
                                                 f"invalid regular expression '{pattern}': {exc}"))
 
 
-def _domain(kind: str, fieldname: str, manifest: PackManifest) -> tuple[str, ...] | None:
+def classifier_values(manifest: PackManifest, classifier: str) -> tuple[str, ...]:
+    """Every value a classifier names: its entries' values and its default."""
+    spec = manifest.classifiers[classifier]  # type: ignore[index]
+    return tuple(dict.fromkeys([v.value for v in spec.values] + [spec.default]))
+
+
+def value_domain(kind: str, fieldname: str, manifest: PackManifest) -> tuple[str, ...] | None:
+    """The values a fact field can take (None: free text, such as a FHIR status)."""
     spec = MATCHABLE[kind][fieldname]
-    if spec is None:
-        return None
-    if isinstance(spec, tuple):
+    if spec is None or isinstance(spec, tuple):
         return spec
-    classifier = manifest.classifiers[spec]  # type: ignore[index]
-    return tuple(dict.fromkeys([v.value for v in classifier.values] + [classifier.default]))
+    return classifier_values(manifest, spec)
+
+
+def _check_where(doc: SourceDoc, loc: tuple[Any, ...], kind: str, where: dict[str, list[str]],
+                 manifest: PackManifest, problems: list[Problem]) -> None:
+    """Each field must exist on `kind` facts and list only values it can take."""
+    for fieldname, values in where.items():
+        full = loc + (fieldname,)
+        if fieldname not in MATCHABLE[kind]:
+            problems.append(doc.problem(full, f"{kind} facts have no field '{fieldname}'",
+                                        f"use one of: {', '.join(MATCHABLE[kind])}"))
+            continue
+        if not values:
+            problems.append(doc.problem(full, f"'{fieldname}' lists no values: it can never match",
+                                        "list the values that should match"))
+        domain = value_domain(kind, fieldname, manifest)
+        for v in values:
+            if domain is not None and v not in domain:
+                problems.append(doc.problem(full, f"'{v}' is not a value of {kind}.{fieldname}",
+                                            f"use one of: {', '.join(domain)}"))
 
 
 def _check_rule(rule: Rule, doc: SourceDoc, manifest: PackManifest, evidence: dict[str, Citation],
                 problems: list[Problem]) -> None:
     for i, alternative in enumerate(rule.when):
         for alias, pattern in alternative.items():
-            conditions: Iterable[tuple[tuple[Any, ...], dict[str, list[str]]]] = [((i, alias, "where"), pattern.where)]
-            conditions = list(conditions) + [((i, alias, "any", k), w) for k, w in enumerate(pattern.any)]
-            for loc, where in conditions:
-                for fieldname, values in where.items():
-                    full = ("when",) + loc + (fieldname,)
-                    if fieldname not in MATCHABLE[pattern.fact]:
-                        problems.append(doc.problem(full, f"{pattern.fact} facts have no field '{fieldname}'",
-                                                    f"use one of: {', '.join(MATCHABLE[pattern.fact])}"))
-                        continue
-                    if not values:
-                        problems.append(doc.problem(full, f"'{fieldname}' lists no values: it can never match",
-                                                    "list the values that should match"))
-                    domain = _domain(pattern.fact, fieldname, manifest)
-                    for v in values:
-                        if domain is not None and v not in domain:
-                            problems.append(doc.problem(full, f"'{v}' is not a value of {pattern.fact}.{fieldname}",
-                                                        f"use one of: {', '.join(domain)}"))
+            _check_where(doc, ("when", i, alias, "where"), pattern.fact, pattern.where, manifest, problems)
+            for k, where in enumerate(pattern.any):
+                _check_where(doc, ("when", i, alias, "any", k), pattern.fact, where, manifest, problems)
     card = rule.card
     links = {link.id for link in manifest.links}
+    reasons = {r.code for r in manifest.override_reasons}
     for j, ev in enumerate(card.evidence):
         if ev not in evidence:
             problems.append(doc.problem(("card", "evidence", j), f"unknown evidence id '{ev}'",
                                         "add it to evidence.yaml or fix the id"))
     for j, reason in enumerate(card.override_reasons):
-        if reason not in {r.code for r in manifest.override_reasons}:
+        if reason not in reasons:
             problems.append(doc.problem(("card", "override_reasons", j), f"unknown override reason '{reason}'",
                                         "define it under override_reasons in pack.yaml"))
     for j, link in enumerate(card.links):
@@ -328,13 +352,4 @@ def _check_rule(rule: Rule, doc: SourceDoc, manifest: PackManifest, evidence: di
                 problems.append(doc.problem(loc, f"unknown alias '{alias}'",
                                             f"use one of: {', '.join(sorted(bound))}"))
                 continue
-            for fieldname, values in where.items():
-                if fieldname not in MATCHABLE[kind]:
-                    problems.append(doc.problem(loc + (fieldname,), f"{kind} facts have no field '{fieldname}'",
-                                                f"use one of: {', '.join(MATCHABLE[kind])}"))
-                    continue
-                domain = _domain(kind, fieldname, manifest)
-                for v in values:
-                    if domain is not None and v not in domain:
-                        problems.append(doc.problem(loc + (fieldname,), f"'{v}' is not a value of {kind}.{fieldname}",
-                                                    f"use one of: {', '.join(domain)}"))
+            _check_where(doc, loc, kind, where, manifest, problems)

@@ -83,7 +83,8 @@ def read_doc(path: Path, display: str) -> SourceDoc:
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise SourceError(Problem(display, 1, 1, f"cannot read file: {exc}")) from exc
+        raise SourceError(Problem(display, 1, 1, f"cannot read file: {exc}",
+                                  "check that the file exists and is UTF-8 text")) from exc
     try:
         tree = yaml.load(text)
     except MarkedYAMLError as exc:
@@ -94,5 +95,6 @@ def read_doc(path: Path, display: str) -> SourceDoc:
                     "check indentation, quotes and brackets around this line")
         ) from exc
     except Exception as exc:  # ruamel raises a few non-marked errors (e.g. duplicate keys)
-        raise SourceError(Problem(display, 1, 1, f"not valid YAML/JSON: {exc}")) from exc
+        raise SourceError(Problem(display, 1, 1, f"not valid YAML/JSON: {exc}",
+                                  "check the file's syntax (e.g. no duplicate keys)")) from exc
     return SourceDoc(path, display, tree, _plain(tree))

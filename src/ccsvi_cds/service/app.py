@@ -137,14 +137,15 @@ async def feedback(request: Request, rt: Runtime) -> Response:
     items = validate(FeedbackRequest, data).feedback
     await asyncio.to_thread(rt.store.flush)  # decisions still queued in this worker are visible for linking
     result = await asyncio.to_thread(rt.store.record_feedback, service_id, items)
-    request.scope.setdefault("ccsvi.log", {}).update(result.to_json())
-    return json_response(result.to_json())
+    summary = result.to_json()
+    request.scope.setdefault("ccsvi.log", {}).update(summary)
+    return json_response(summary)
 
 
 async def health(request: Request, rt: Runtime) -> Response:
     ok = rt.rules.loaded
     return json_response({"status": "ok" if ok else "starting",
-                          "rulePack": rt.rules.current.describe() if ok else None,
+                          "rulePack": rt.rules.current.identity if ok else None,
                           "auth": "jwt" if rt.verifier is not None else "off",
                           "rulePackReload": _reload_status(request),
                           "pid": os.getpid()}, 200 if ok else 503)
@@ -224,7 +225,7 @@ def create_app(settings: ServiceSettings | None = None) -> Starlette:
 
             watcher = start_watcher(settings.rules_dir, rules)
         app.state.reloader = watcher[0] if watcher else None
-        pack = rules.current.describe()
+        pack = rules.current.identity
         log.info("worker ready", extra={"pid": os.getpid(), "pack": pack["name"], "version": pack["version"],
                                         "auth": "jwt" if verifier else "off"})
         try:

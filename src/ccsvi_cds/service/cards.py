@@ -7,6 +7,8 @@ import copy
 import uuid
 from typing import Any
 
+from ccsvi_cds.evaluate import Finding
+
 from .feedback_store import CardRecord, digest
 
 
@@ -20,21 +22,13 @@ def prune_top(card: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in card.items() if not _empty(v)}
 
 
-def _delete_target(card: dict[str, Any]) -> str | None:
-    for suggestion in card.get("suggestions") or []:
-        for action in suggestion.get("actions") or []:
-            if action.get("type") == "delete" and isinstance(action.get("resourceId"), str):
-                return action["resourceId"]
-    return None
-
-
-def finalize(raw_cards: list[dict[str, Any]], order_refs: list[str | None] | None = None,
-             legacy_delete_resource: bool = False) -> tuple[list[dict[str, Any]], list[CardRecord]]:
-    """Cards to send (with `uuid`) and their records. `order_refs[i]` names the order card i is about."""
+def finalize(findings: list[Finding], legacy_delete_resource: bool = False
+             ) -> tuple[list[dict[str, Any]], list[CardRecord]]:
+    """Cards to send (with `uuid`) and their records."""
     cards: list[dict[str, Any]] = []
     records: list[CardRecord] = []
-    for i, raw in enumerate(raw_cards):
-        card = prune_top(raw)
+    for finding in findings:
+        card = prune_top(finding.card)
         card["uuid"] = str(uuid.uuid4())
         if legacy_delete_resource and card.get("suggestions"):
             card["suggestions"] = copy.deepcopy(card["suggestions"])
@@ -42,13 +36,11 @@ def finalize(raw_cards: list[dict[str, Any]], order_refs: list[str | None] | Non
                 for action in suggestion.get("actions") or []:
                     if action.get("type") == "delete" and "resourceId" in action and "resource" not in action:
                         action["resource"] = action["resourceId"]  # CDS Hooks 1.0 named the target here
-        topic = (card.get("source") or {}).get("topic") or {}
-        ref = order_refs[i] if order_refs and i < len(order_refs) and order_refs[i] else _delete_target(card)
         records.append(CardRecord(
             uuid=card["uuid"],
-            rule_id=topic.get("code"),
-            indicator=str(card.get("indicator", "")),
-            order_ref=ref,
+            rule_id=finding.rule_id,
+            indicator=finding.indicator,
+            order_ref=finding.order_ref,
             suggestion_uuids=[s["uuid"] for s in card.get("suggestions") or [] if "uuid" in s],
             card_digest=digest(card),
         ))

@@ -51,6 +51,6 @@ def discovery_document(active: ActiveRules | None) -> dict[str, Any]:
             "usageRequirements": USAGE,
         }
         if active is not None:
-            entry["extension"] = {PACK_EXTENSION: active.describe()}
+            entry["extension"] = {PACK_EXTENSION: active.identity}
         services.append(entry)
     return {"services": services}

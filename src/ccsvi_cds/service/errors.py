@@ -64,10 +64,6 @@ class ServiceError(Exception):
         super().__init__("; ".join(p.message for p in self.problems))
 
 
-def bad_request(message: str, loc: Loc | None = None, code: str = "invalid") -> ServiceError:
-    return ServiceError(400, Problem(message, loc, code))
-
-
 def operation_outcome(problems: Iterable[Problem]) -> dict:
     return {"resourceType": "OperationOutcome", "issue": [p.to_issue() for p in problems]}
 

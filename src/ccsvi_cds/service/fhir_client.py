@@ -35,9 +35,6 @@ class ServerAllowlist:
     def __init__(self, prefixes: list[str]) -> None:
         self._prefixes = [_norm(p) for p in prefixes]
 
-    def __bool__(self) -> bool:
-        return bool(self._prefixes)
-
     def allows(self, url: str) -> bool:
         try:
             parts = urlsplit(url)

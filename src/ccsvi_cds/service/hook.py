@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from ccsvi_cds.facts.hookrequest import resources_from_hook_request
-
 from .cards import finalize
 from .discovery import ServiceDef
 from .errors import Problem, ServiceError
@@ -28,9 +26,8 @@ def _order_refs(draft_orders: dict[str, Any]) -> dict[str, str]:
     return refs
 
 
-def resolve_selections(selections: list[str], draft_orders: dict[str, Any]) -> list[str]:
+def resolve_selections(selections: list[str], refs: dict[str, str]) -> list[str]:
     """Each selection must name a draft order ("Type/id"; a bare id from older clients is accepted)."""
-    refs = _order_refs(draft_orders)
     out = []
     for i, sel in enumerate(selections):
         if sel not in refs:
@@ -62,12 +59,13 @@ class HookHandler:
         context: OrderContext = validate(OrderContext, req.context, ("context",))
         raw_context: dict[str, Any] = data["context"]
         draft_orders: dict[str, Any] = raw_context["draftOrders"]
+        order_refs = _order_refs(draft_orders)
         if service.hook == "order-select":
             if context.selections is None:
                 raise ServiceError(400, Problem("order-select requires context.selections",
                                                 ("context", "selections"), code="required"))
-            raw_context = {**raw_context, "selections": resolve_selections(context.selections, draft_orders)}
-        elif "selections" in raw_context:  # order-sign judges every draft order, whatever a client adds
+            raw_context = {**raw_context, "selections": resolve_selections(context.selections, order_refs)}
+        elif "selections" in raw_context:  # ignored by order-sign: kept out of the input digest
             raw_context = {k: v for k, v in raw_context.items() if k != "selections"}
         prefetch = await self._completer.complete(req, context, draft_orders)
         normalized = {"hook": req.hook, "context": raw_context, "prefetch": prefetch}
@@ -76,17 +74,15 @@ class HookHandler:
         except TypeError:  # orjson refuses nesting deeper than 255 levels; no FHIR resource needs that
             raise ServiceError(400, Problem("context or prefetch nests JSON deeper than 255 levels",
                                             code="too-costly")) from None
-        resources, targets = resources_from_hook_request(normalized)
         active = self._rules.current  # one read: the pack that evaluates is the pack that is recorded
-        result = active.evaluator.evaluate(resources, targets=targets, default_patient=context.patientId)
+        result = active.evaluator.evaluate_request(normalized)
         findings = result.findings
-        cards, records = finalize([f.card for f in findings], [f.order_ref for f in findings],
-                                  self._settings.legacy_delete_resource)
-        refs = sorted(set(_order_refs(draft_orders).values()))
+        cards, records = finalize(findings, self._settings.legacy_delete_resource)
+        refs = sorted(set(order_refs.values()))
         self._store.submit_decision(DecisionRecord(
             hook_instance=req.hookInstance, service_id=service.id, hook=req.hook,
             patient_id=context.patientId, user_id=context.userId, encounter_id=context.encounterId,
-            order_refs=refs, input_digest=input_digest, pack=active.describe(),
+            order_refs=refs, input_digest=input_digest, pack=active.identity,
             issue_paths=[i.path for i in result.issues][:100], cards=records,
         ))
         info.update(cards=len(cards), rules=[r.rule_id for r in records], issues=len(result.issues),

@@ -15,12 +15,12 @@ from urllib.parse import quote
 
 import httpx
 
+from ccsvi_cds.facts.extract import RESEARCH_STUDY_EXT
+
 from .errors import Problem, ServiceError
 from .fhir_client import DataUnavailable, FhirReader, ServerAllowlist, next_link, under
 from .models import HookRequest, OrderContext
 from .settings import ServiceSettings
-
-RESEARCH_STUDY_EXT = "http://hl7.org/fhir/StructureDefinition/workflow-researchStudy"
 
 PREFETCH_TEMPLATES: dict[str, str] = {
     "conditions": "Condition?patient={{context.patientId}}",
@@ -64,6 +64,7 @@ class PrefetchCompleter:
         done: dict[str, Any] = {}
         to_fetch: dict[str, str] = {}  # key -> relative query
         to_follow: dict[str, dict[str, Any]] = {}  # key -> first page with a next link
+        next_links: dict[str, str] = {}
         for key, template in PREFETCH_TEMPLATES.items():
             value = sent.get(key, _MISSING)
             if value is _MISSING or (value is None and self._settings.refetch_null_prefetch):
@@ -75,15 +76,14 @@ class PrefetchCompleter:
                                                 ("prefetch", key), code="structure"))
             elif value["resourceType"] == "OperationOutcome":
                 to_fetch[key] = render(template, context)
-            elif value["resourceType"] == "Bundle" and next_link(value) is not None:
-                to_follow[key] = value
+            elif value["resourceType"] == "Bundle" and (link := next_link(value)) is not None:
+                to_follow[key], next_links[key] = value, link
             else:
                 done[key] = value
         reader: FhirReader | None = None
         if to_fetch or to_follow:
             reader = self._reader(req, sorted([*to_fetch, *to_follow]))
-            for key, bundle in to_follow.items():
-                link = next_link(bundle) or ""
+            for key, link in next_links.items():
                 if not link.startswith(("http://", "https://")) or not under(reader.base, link):
                     raise ServiceError(400, Problem("the next link of a paginated prefetch Bundle does not "
                                                     "point into fhirServer", ("prefetch", key, "link"),
@@ -118,10 +118,7 @@ class PrefetchCompleter:
         return await self._gather(jobs, "reading prefetch data")
 
     async def _fetch(self, reader: FhirReader, key: str, query: str) -> Any:
-        what = f"prefetch {key}"
-        if "?" in query:
-            return await reader.search(query, what)
-        return await reader.get(query, what)  # a read: None (404) means no data, as a null prefetch would
+        return await reader.search(query, f"prefetch {key}")  # every template is a search
 
     async def _studies(self, reader: FhirReader, ids: list[str]) -> dict[str, Any]:
         found = await self._gather({i: reader.get(f"ResearchStudy/{quote(i, safe='')}", "linked ResearchStudy")

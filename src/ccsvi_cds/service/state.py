@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +22,9 @@ class ActiveRules:
     evaluator: Any  # ccsvi_cds.evaluate.Evaluator
     loaded_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
-    def describe(self) -> dict[str, str]:
-        """The pack identity shown in discovery, /health and each decision record."""
+    @cached_property
+    def identity(self) -> dict[str, str]:
+        """The pack identity shown in discovery, /health and each decision record (fixed once loaded)."""
         return {
             "name": str(self.pack.name),
             "version": str(self.pack.version),
