@@ -281,3 +281,15 @@ def test_csv_cells_cannot_run_as_formulas(tmp_path: Path, rules_dir: Path) -> No
         rows = list(csv.DictReader(fh))
     assert rows[0]["requesterName"] == "'" + sr["requester"]["display"]
     assert read_ndjson(tmp_path / "out" / "findings.ndjson")[0]["requesterName"] == sr["requester"]["display"]
+
+
+def test_issue_on_a_resource_whose_id_has_dots_points_at_that_resource(tmp_path: Path, rules_dir: Path) -> None:
+    path = write_ndjson(tmp_path / "in.ndjson", [
+        patient("p1"), ms("c1", "Patient/p1"), jugular_angioplasty("sr1", "Patient/p1"),
+        {"resourceType": "ResearchSubject", "id": "rs.1", "status": "on-study",
+         "study": {"reference": "ResearchStudy/missing"}, "individual": {"reference": "Patient/p1"}},
+    ])
+    _, _, errors = audit(rules_dir, tmp_path / "out", path)
+    dangling = [(e["line"], e["reason"]) for e in errors if "ResearchStudy/missing" in e["reason"]
+                and "cannot be confirmed" not in e["reason"]]
+    assert dangling == [(4, "dangling reference to ResearchStudy/missing")]

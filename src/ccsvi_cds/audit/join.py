@@ -205,7 +205,8 @@ def evaluate_patient(
     reported: set[str] = set()
     for issue in result.issues:
         path = str(getattr(issue, "path", "") or "")
-        owner = next((r for r in (path.split(".", 1)[0], path.split("[", 1)[0]) if r in where), None)
+        # ids may contain dots: the owner is the longest record ref the issue's path starts with
+        owner = max((r for r in where if path == r or path.startswith((r + ".", r + "["))), key=len, default=None)
         row = where[owner] if owner else first_order
         if owner and issue.message.startswith("dangling reference"):
             reported.add(owner)
