@@ -10,7 +10,7 @@ import click
 import orjson
 
 from ccsvi_cds.evaluate import Evaluation, Evaluator
-from ccsvi_cds.facts.hookrequest import is_hook_request
+from ccsvi_cds.facts.records import is_hook_request
 from ccsvi_cds.rulepack import PackError, load_pack
 
 DEFAULT_RULES = Path("rules")

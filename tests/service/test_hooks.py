@@ -121,10 +121,17 @@ def test_practitioner_role_user_is_accepted(svc: Service) -> None:
     assert len(cards_of(svc.post(SIGN, req))) == 1
 
 
-def test_hook_of_another_kind_gets_no_cards(svc: Service) -> None:
+@pytest.mark.parametrize("hook", ["patient-view", "order-select"])
+def test_hook_mismatch_is_a_client_error_naming_the_expected_hook(svc: Service, hook: str) -> None:
     req = p.order_sign()
-    req["hook"] = "patient-view"
-    assert cards_of(svc.post(SIGN, req)) == []
+    req["hook"] = hook
+    issues = outcome(svc.post(SIGN, req), 400)
+    assert issues[0]["expression"] == ["hook"] and "order-sign" in issues[0]["diagnostics"]
+
+
+def test_order_sign_request_posted_to_order_select_is_a_client_error(svc: Service) -> None:
+    issues = outcome(svc.post(SELECT, p.order_sign()), 400)
+    assert "order-select" in issues[0]["diagnostics"]
 
 
 # --- prefetch variants --------------------------------------------------------------------------------
@@ -145,7 +152,7 @@ def test_no_prefetch_at_all_is_fetched_with_the_bearer_token(svc: Service, fhir:
     assert sorted(searched(fhir)) == ["Condition", "Procedure", "ResearchSubject"]
     assert {r["authorization"] for r in fhir.requests} == {f"Bearer {GOOD_TOKEN}"}
     subject_search = next(r for r in fhir.requests if r["path"].endswith("ResearchSubject"))
-    assert subject_search["query"] == {"patient": p.PATIENT, "_include": "ResearchSubject:study"}
+    assert subject_search["query"] == {"patient": p.PATIENT}  # no _include: the spec's recommended subset
 
 
 def test_missing_key_is_fetched_and_only_that_one(svc: Service, fhir: FakeFhir) -> None:

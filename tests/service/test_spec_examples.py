@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 import service_payloads as p
-from cdshooks_checks import cards_of
+from cdshooks_checks import cards_of, outcome
 from service_harness import Service
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "shared" / "cds-hooks" / "examples"
@@ -38,8 +38,9 @@ def test_hook_context_examples_are_accepted(svc: Service, name: str) -> None:
 
 @pytest.mark.parametrize("name", ["spec-2.0.1-example-02.json", "spec-2.0.1-example-26.json"])
 @pytest.mark.parametrize("service", sorted(SERVICE_OF.values()))
-def test_spec_request_examples_are_accepted(svc: Service, name: str, service: str) -> None:
-    assert cards_of(svc.post(service, example(name))) == []  # patient-view: not a hook these services judge
+def test_spec_request_examples_of_another_hook_are_refused(svc: Service, name: str, service: str) -> None:
+    issues = outcome(svc.post(service, example(name)), 400)  # patient-view: a hook these services do not answer
+    assert issues[0]["expression"] == ["hook"]
 
 
 def test_spec_request_envelope_on_an_order_hook(svc: Service) -> None:
