@@ -268,3 +268,11 @@ def test_transaction_bundle_nested_bundle_and_r5_subject(tmp_path: Path, rules_d
     assert [(f["serviceRequest"], f["patient"], f["rule"]) for f in findings] == [
         ("ServiceRequest/sr1", "Patient/p1", "ccsvi-trial")]
     assert findings[0]["source"] == {"file": str(path), "line": None, "entry": 4}
+
+
+def test_requester_is_a_reference_or_nothing_never_its_display(tmp_path: Path, rules_dir: Path) -> None:
+    """A requester given only by display used to come out as the requester reference."""
+    sr = jugular_angioplasty("sr1", "Patient/p1", requester={"display": "Dr Display Only"})
+    path = write_ndjson(tmp_path / "in.ndjson", [patient("p1"), ms("c1", "Patient/p1"), sr])
+    _, findings, _ = audit(rules_dir, tmp_path / "out", path)
+    assert [(f["requester"], f["requesterName"]) for f in findings] == [(None, "Dr Display Only")]
