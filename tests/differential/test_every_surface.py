@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "rules"
 sys.path.insert(0, str(ROOT / "tests" / "service"))
 
-from service_harness import GOOD_TOKEN, FakeFhir, Service  # noqa: E402
+from service_harness import GOOD_TOKEN, FakeFhir, Service
 
 EHR_BASES = ("https://ehr.example.org/fhir", "http://ehr.example.org/fhir")  # the EHR's own server in the data
 Decision = tuple[str, str, str, str | None]
