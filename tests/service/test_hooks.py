@@ -15,10 +15,19 @@ SIGN = "/cds-services/ccsvi-order-sign"
 SELECT = "/cds-services/ccsvi-order-select"
 
 
+ENV = {"CCSVI_FHIR_TIMEOUT_S": "1", "CCSVI_FHIR_MAX_PAGES": "3"}
+
+
 @pytest.fixture(scope="module")
-def svc(service_factory: Any, fhir: FakeFhir) -> Service:
-    return service_factory({"CCSVI_ALLOW_FHIR_SERVERS": fhir.fhir, "CCSVI_FHIR_TIMEOUT_S": "1",
-                            "CCSVI_FHIR_MAX_PAGES": "3"})
+def svc(app_factory: Any, fhir: FakeFhir) -> Service:
+    """Request/response logic: in process."""
+    return app_factory({"CCSVI_ALLOW_FHIR_SERVERS": fhir.fhir, **ENV})
+
+
+@pytest.fixture(scope="module")
+def real_svc(service_factory: Any, fhir: FakeFhir) -> Service:
+    """For what only a real server shows: its log."""
+    return service_factory({"CCSVI_ALLOW_FHIR_SERVERS": fhir.fhir, **ENV})
 
 
 @pytest.fixture(autouse=True)
@@ -243,7 +252,8 @@ def test_fhir_server_not_allowed_is_refused_without_fetching(svc: Service, fhir:
         other.close()
 
 
-def test_fhir_server_refusing_the_token_is_412(svc: Service, fhir: FakeFhir) -> None:
+def test_fhir_server_refusing_the_token_is_412(real_svc: Service, fhir: FakeFhir) -> None:
+    svc = real_svc
     req = with_server(p.order_sign(), fhir, token="tok-refused-7f3a")
     del req["prefetch"]["conditions"]
     assert "HTTP 401" in outcome(svc.post(SIGN, req), 412)[0]["diagnostics"]
@@ -305,7 +315,8 @@ def test_unrequested_prefetch_keys_are_ignored(svc: Service) -> None:
     assert len(cards_of(svc.post(SIGN, req))) == 1
 
 
-def test_hook_instance_is_logged_but_no_patient_data(svc: Service) -> None:
+def test_hook_instance_is_logged_but_no_patient_data(real_svc: Service) -> None:
+    svc = real_svc
     req = p.order_sign()
     req["hookInstance"] = str(uuid.uuid4())
     cards_of(svc.post(SIGN, req))

@@ -20,8 +20,8 @@ def example(name: str) -> Any:
 
 
 @pytest.fixture(scope="module")
-def svc(service_factory: Any) -> Service:
-    return service_factory()
+def svc(app_factory: Any) -> Service:
+    return app_factory()
 
 
 def empty_prefetch() -> dict[str, Any]:
