@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 
 with warnings.catch_warnings():  # Starlette >= 0.50 nudges towards httpx2; httpx is what the project uses
-    warnings.simplefilter("ignore", DeprecationWarning)
+    warnings.simplefilter("ignore")
     from starlette.testclient import TestClient
 
 from ccsvi_cds.service.app import create_app
