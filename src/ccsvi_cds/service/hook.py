@@ -51,14 +51,14 @@ class HookHandler:
         elif "selections" in raw_context:  # ignored by order-sign: kept out of the input digest
             raw_context = {k: v for k, v in raw_context.items() if k != "selections"}
         active = self._rules.current  # one read: the pack that evaluates is the pack that is recorded
-        prefetch = await self._completer.complete(req, context, active.evaluator, raw_context)
+        prefetch, read = await self._completer.complete(req, context, active.evaluator, raw_context)
         normalized = {"hook": req.hook, "context": raw_context, "prefetch": prefetch}
         try:  # the digest of what was evaluated: the same clinical input gives the same digest
             input_digest = digest(normalized)
         except TypeError:  # orjson refuses nesting deeper than 255 levels; no FHIR resource needs that
             raise ServiceError(400, Problem("context or prefetch nests JSON deeper than 255 levels",
                                             code="too-costly")) from None
-        result = active.evaluator.evaluate_request(normalized)
+        result = active.evaluator.evaluate_records(read)
         findings = result.findings
         cards, records = finalize(findings, self._settings.legacy_delete_resource)
         refs = sorted(set(order_keys))

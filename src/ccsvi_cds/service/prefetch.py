@@ -18,7 +18,7 @@ from urllib.parse import quote
 
 import httpx
 
-from ccsvi_cds.facts.records import unresolved
+from ccsvi_cds.facts.records import Records, unresolved
 from ccsvi_cds.facts.references import Ref
 
 from .errors import Problem, ServiceError
@@ -61,8 +61,9 @@ class PrefetchCompleter:
                           s.fhir_max_entries)
 
     async def complete(self, req: HookRequest, context: OrderContext, evaluator: Evaluator,
-                       raw_context: dict[str, Any]) -> dict[str, Any]:
-        """The prefetch dict with every template key present and complete (plus what was read by reference)."""
+                       raw_context: dict[str, Any]) -> tuple[dict[str, Any], Records]:
+        """The prefetch dict with every template key present and complete (plus what was read by reference),
+        and the request's records read from it (so the evaluation does not read them again)."""
         sent = req.prefetch or {}
         done: dict[str, Any] = {}
         to_fetch: dict[str, str] = {}  # key -> relative query
@@ -92,11 +93,13 @@ class PrefetchCompleter:
                                                     "point into fhirServer", ("prefetch", key, "link"),
                                                     code="forbidden"))
             done.update(await self._run(reader, to_fetch, to_follow))
-        records = evaluator.read_request({"hook": req.hook, "context": raw_context, "prefetch": done})
+        request = {"hook": req.hook, "context": raw_context, "prefetch": done}
+        records = evaluator.read_request(request)
         missing = unresolved(records, evaluator.requirements.by_reference)
         if missing:
             done[REFERENCED_KEY] = await self._referenced(req, reader, missing)
-        return done
+            records = evaluator.read_request(request)  # rare: read again, so what was fetched is checked too
+        return done, records
 
     async def _gather(self, jobs: dict[str, Coroutine[Any, Any, Any]], what: str) -> dict[str, Any]:
         """Run the reads concurrently within the deadline; the first failure cancels the others (412)."""
