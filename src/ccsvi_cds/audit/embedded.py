@@ -73,17 +73,26 @@ class SpillResult:
     task: ReadTask
     bytes_read: int
     lines: int  # lines the task read (to number the lines of the tasks after it in the file)
+    records: int  # non-blank lines (NDJSON), to compare with a Bulk Data manifest's count
     counts: Counter[str]
     side: list[SideRow]
     bad: Path | None  # records reported and skipped, line numbers relative to the task
 
 
-def read_and_route(files: Sequence[InputFile], task: ReadTask, on_row: Callable[[Any], None]
-                   ) -> tuple[Counter[str], list[SideRow], list[BadRecord], int]:
-    """Read one task, classify every record; rows go to ``on_row``. Shared by both engines.
+@dataclass
+class Routed:
+    """What reading one task gave, besides the rows: read counts per type, side-table rows, bad records,
+    lines read (to number the lines of later tasks) and non-blank lines (to check a manifest's count)."""
 
-    Returns read counts per type, side-table rows, bad records and the number of lines read.
-    """
+    counts: Counter[str]
+    side: list[SideRow]
+    bad: list[BadRecord]
+    lines: int
+    records: int
+
+
+def read_and_route(files: Sequence[InputFile], task: ReadTask, on_row: Callable[[Any], None]) -> Routed:
+    """Read one task, classify every record; rows go to ``on_row``. Shared by both engines."""
     counts: Counter[str] = Counter()
     side: list[SideRow] = []
     bad: list[BadRecord] = []
@@ -102,13 +111,14 @@ def read_and_route(files: Sequence[InputFile], task: ReadTask, on_row: Callable[
         else:
             on_row(item)
     counts.update(counted)
-    return counts, side, bad, meta.get("lines", 0)
+    return Routed(counts, side, bad, meta.get("lines", 0), meta.get("records", 0))
 
 
 def _spill(task_index: int, task: ReadTask) -> SpillResult:
     assert _CFG is not None
     writer = SpillWriter(_CFG.spill_dir, _CFG.n_shards, task_index)
-    counts, side, bad, lines = read_and_route(_CFG.files, task, writer.add)
+    routed = read_and_route(_CFG.files, task, writer.add)
+    counts, side, bad, lines = routed.counts, routed.side, routed.bad, routed.lines
     writer.flush()
     f = _CFG.files[task.file_index]
     size = (task.end if task.end >= 0 else f.size) - task.start
@@ -116,7 +126,7 @@ def _spill(task_index: int, task: ReadTask) -> SpillResult:
     if bad:  # numbered once every task's line count is known (run_embedded)
         path = _CFG.parts_dir / f"read-{task_index:06d}.bad"
         path.write_bytes(b"".join(orjson.dumps([b.file_index, b.line, b.entry, b.reason]) + b"\n" for b in bad))
-    return SpillResult(task_index, task, size, lines, counts, side, path)
+    return SpillResult(task_index, task, size, lines, routed.records, counts, side, path)
 
 
 def _number_bad_records(bad: Path, offset: int, paths: Sequence[str], out: Path) -> Path | None:
@@ -167,7 +177,7 @@ def _evaluate_shard(shard: int) -> ShardResult:
     )
 
 
-Progress = Callable[[str, int, int], None]  # (phase, advance, total)
+Progress = Callable[[str, int, int, int], None]  # (phase, advance, total, resources read)
 
 
 def _drain(pool: ProcessPoolExecutor, jobs: Iterable[tuple[Callable[..., Any], tuple[Any, ...]]],
@@ -208,7 +218,7 @@ def run_embedded(files: Sequence[InputFile], tasks: Iterable[ReadTask], rules_di
     side_rows: list[tuple[int, SideRow]] = []
     read: list[tuple[int, ReadTask, int]] = []
     bad_files: list[tuple[int, Path]] = []
-    tick = progress or (lambda phase, adv, total: None)
+    tick = progress or (lambda phase, adv, total, resources: None)
     total_bytes = sum(f.size for f in files)
     paths = [f.path for f in files]
 
@@ -216,9 +226,10 @@ def run_embedded(files: Sequence[InputFile], tasks: Iterable[ReadTask], rules_di
         counts.update(r.counts)
         side_rows.extend((r.task_index, s) for s in r.side)
         read.append((r.task_index, r.task, r.lines))
+        result.records_by_file[r.task.file_index] = result.records_by_file.get(r.task.file_index, 0) + r.records
         if r.bad:
             bad_files.append((r.task_index, r.bad))
-        tick("read", r.bytes_read, total_bytes)
+        tick("read", r.bytes_read, total_bytes, sum(r.counts.values()))
 
     def evaluated(r: ShardResult) -> None:
         result.patients += r.patients
@@ -227,7 +238,7 @@ def run_embedded(files: Sequence[InputFile], tasks: Iterable[ReadTask], rules_di
             result.finding_parts.append(r.findings)
         if r.errors:
             result.error_parts.append(r.errors)
-        tick("evaluate", 1, n_shards)
+        tick("evaluate", 1, n_shards, 0)
 
     ctx = mp.get_context("fork")
     with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init, initargs=(cfg,)) as pool:
