@@ -206,6 +206,17 @@ def _audit_process(rules_dir: Path, inputs: Path, out: Path, workdir: Path) -> s
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
 
+def _lock_held(lock: Path) -> bool:
+    fd = os.open(lock, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
 def test_sigkill_leaves_no_clinical_data_in_the_output_and_the_next_audit_cleans_up(
         tmp_path: Path, rules_dir: Path) -> None:
     from bench.generate_export import generate
@@ -221,11 +232,19 @@ def test_sigkill_leaves_no_clinical_data_in_the_output_and_the_next_audit_cleans
         time.sleep(0.01)
     try:
         assert spill, "the audit finished before any spill was seen"
-        os.killpg(proc.pid, signal.SIGKILL)  # the audit and its workers, as the OOM killer or kill -9 would
-    finally:
+        os.kill(proc.pid, signal.SIGKILL)  # the audit process alone, as the OOM killer or kill -9 would
         proc.wait(30)
-    left = [p for p in work.iterdir() if p.name.startswith(SPILL_PREFIX)]
-    assert len(left) == 1
+        left = [p for p in work.iterdir() if p.name.startswith(SPILL_PREFIX)]
+        assert len(left) == 1
+        deadline = time.monotonic() + 30  # its workers die with it, releasing the spill directory's lock
+        while _lock_held(left[0] / LOCK_NAME) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _lock_held(left[0] / LOCK_NAME), "a worker outlived the killed audit"
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # whatever is left of the test's own process group
+        except ProcessLookupError:
+            pass
     assert stat.S_IMODE(left[0].stat().st_mode) == 0o700  # no other user can read the clinical data
     assert not [p for p in out.iterdir() if p.name != "summary.json"] if out.exists() else True
     # A dead audit's spill goes at the next start; a live one's stays (its lock is held).

@@ -8,8 +8,13 @@ picklable, so each worker process builds its own Evaluator on first use; the par
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing as mp
 import os
+import signal
+import sys
+import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -45,6 +50,7 @@ class _Config:
     spill_dir: Path
     parts_dir: Path
     n_shards: int
+    parent_pid: int
 
 
 _CFG: _Config | None = None
@@ -54,8 +60,27 @@ _OFFSETS: dict[int, int] | None = None
 _PARENT_PACK: Any = None  # the RulePack the parent loaded; workers inherit it through fork
 
 
+def _die_with_parent(parent: int) -> None:
+    """A worker must not outlive an audit killed with SIGKILL: it would wait for work forever, holding the
+    spill directory's lock (so no later audit could remove the clinical data in it). On Linux the kernel
+    kills the worker when the audit dies (PR_SET_PDEATHSIG); elsewhere a watcher thread ends it."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    else:  # pragma: no cover - macOS and others
+        def watch() -> None:
+            while os.getppid() == parent:
+                time.sleep(1.0)
+            os._exit(1)
+
+        threading.Thread(target=watch, daemon=True).start()
+    if os.getppid() != parent:  # the audit died before the line above
+        os._exit(1)
+
+
 def _init(cfg: _Config) -> None:
     global _CFG, _EVALUATOR, _SIDE, _OFFSETS
+    _die_with_parent(cfg.parent_pid)
     _CFG, _EVALUATOR, _SIDE, _OFFSETS = cfg, None, None, None
 
 
@@ -212,7 +237,8 @@ def run_embedded(files: Sequence[InputFile], tasks: Iterable[ReadTask], rules_di
     spill_dir.mkdir(parents=True, exist_ok=True)
     parts_dir.mkdir(parents=True, exist_ok=True)
     n_shards = choose_shards(estimated_bytes([(f.size, f.gzip) for f in files]))
-    cfg = _Config(tuple(files), str(rules_dir), digest, base_url, validate, spill_dir, parts_dir, n_shards)
+    cfg = _Config(tuple(files), str(rules_dir), digest, base_url, validate, spill_dir, parts_dir, n_shards,
+                  os.getpid())
     result = EngineResult()
     counts: Counter[str] = Counter()
     side_rows: list[tuple[int, SideRow]] = []

@@ -140,7 +140,7 @@ def _head(path: Path, gz: bool, n: int = _SNIFF_BYTES) -> bytes:
     data = b""
     try:
         with _open(path, gz) as f:
-            while len(data) < n and (block := f.read1(min(65536, n - len(data)))):
+            while len(data) < n and (block := f.read(min(65536, n - len(data)))):
                 data += block
     except EOFError:
         if not data:
@@ -591,7 +591,7 @@ def _small_document(f: InputFile) -> bytearray | None:
     limit = BUNDLE_IN_MEMORY_MAX
     data = bytearray()
     with _open(f.path, f.gzip) as fh:
-        while len(data) <= limit and (block := fh.read1(min(1 << 20, limit + 1 - len(data)))):
+        while len(data) <= limit and (block := fh.read(min(1 << 20, limit + 1 - len(data)))):
             data += block
     return data if len(data) <= limit else None
 
