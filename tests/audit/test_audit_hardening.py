@@ -155,6 +155,8 @@ def test_truncated_gzip_fails_the_audit_loudly(tmp_path: Path, rules_dir: Path) 
     errors = read_ndjson(out / "errors.ndjson")
     assert [(e["file"], e["reason"].split(":")[0]) for e in errors] == [(str(path), "truncated")]
     assert found(read_ndjson(out / "findings.ndjson")) == [FINDING]  # what was read is kept
+    report = (out / "report.html").read_text()
+    assert 'id="incomplete"' in report and str(path) in report
     assert cli(rules_dir, tmp_path / "out2", str(path), "--allow-incomplete").exit_code == 0
 
 
@@ -324,6 +326,7 @@ def test_export_directory_with_a_log_and_other_files(tmp_path: Path, rules_dir: 
     assert [s["file"] for s in summary["skippedFiles"]] == [str(root / n) for n in ("config.json", "log.ndjson",
                                                                                     "notes.txt")]
     assert found(read_ndjson(out / "findings.ndjson")) == [FINDING]
+    assert str(root / "log.ndjson") in (out / "report.html").read_text()
     # Named on the command line, the same log is an error.
     refused = cli(rules_dir, tmp_path / "out2", str(root / "log.ndjson"))
     assert refused.exit_code == 1 and "not FHIR" in refused.output
