@@ -77,7 +77,7 @@ def test_deeply_nested_bundle_entries_are_reported_and_skipped(gz: bool, tmp_pat
     if gz:
         path = path.rename(tmp_path / "b.json.gz")
         path.write_bytes(gzip.compress(path.read_bytes()))
-    summary, findings, errors = audit(rules_dir, tmp_path / "out", path)
+    _, findings, errors = audit(rules_dir, tmp_path / "out", path)
     assert found(findings) == [FINDING]
     assert [(e["file"], e["entry"]) for e in errors] == [(str(path), 3), (str(path), 4)]
     assert all("nested too deeply" in e["reason"] for e in errors)
@@ -289,7 +289,7 @@ def test_spill_defaults_to_a_private_temporary_directory(tmp_path: Path, rules_d
         return real(files, tasks, rules, workdir, *a, **k)
 
     monkeypatch.setattr(embedded, "run_embedded", spy)
-    summary, findings, _ = audit(rules_dir, out, write_ndjson(tmp_path / "in.ndjson", good()), workers=1)
+    _, findings, _ = audit(rules_dir, out, write_ndjson(tmp_path / "in.ndjson", good()), workers=1)
     assert seen == [0o700] and found(findings) == [FINDING]
     assert not legacy.exists() and list(tmp.iterdir()) == []
     text = " ".join(CliRunner().invoke(audit_cmd, ["--help"]).output.split())
@@ -390,6 +390,6 @@ def test_progress_shows_counts_rate_and_time_left_on_a_terminal_only(tmp_path: P
     assert " resources" in terminal and "/s" in terminal and "eta" in terminal  # counts, rate, time left
     assert len(stdout.strip().splitlines()) == 1
     quiet = subprocess.run([sys.executable, "-m", "ccsvi_cds", *args, "--out", str(tmp_path / "pipe")],
-                           capture_output=True, text=True, timeout=300)
+                           check=False, capture_output=True, text=True, timeout=300)
     assert quiet.returncode == 0 and quiet.stderr == ""
     assert len(quiet.stdout.strip().splitlines()) == 1 and "findings" in quiet.stdout

@@ -76,7 +76,8 @@ def _progress_bar() -> tuple[Callable[[], None] | None, Callable[[str, int, int,
 @click.command("audit")
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Directory for findings.ndjson, findings.csv, summary.json, errors.ndjson, report.html.")
+              help="Directory for findings.ndjson, findings.csv, detectedissues.ndjson, errors.ndjson, report.html, "
+                   "summary.json.")
 @click.option("--rules", "rules_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
               default=None, help="Rule pack directory (default: the bundled rules).")
 @click.option("--engine", type=click.Choice(["embedded", "spark"]), default="embedded", show_default=True,
