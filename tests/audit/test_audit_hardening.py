@@ -173,6 +173,22 @@ def test_truncated_bundle_keeps_the_entries_before_the_cut(gz: bool, tmp_path: P
     assert errors[-1]["file"] == str(path) and errors[-1]["reason"].startswith("truncated:")
 
 
+def test_a_bundle_broken_midway_is_unreadable_a_broken_resource_file_is_one_bad_record(
+        tmp_path: Path, rules_dir: Path) -> None:
+    full = write_bundle(tmp_path / "b.json", [*good(), mri("m1", "Patient/x1"), mri("m2", "Patient/x2")],
+                        urn=False).read_bytes()
+    broken = tmp_path / "broken.json"
+    broken.write_bytes(full.replace(b'"id":"m1"', b'"id":"m1",}'))
+    single = tmp_path / "patient.json"
+    single.write_bytes(b'{"resourceType":"Patient","id":"p9",}')
+    summary, findings, errors = audit(rules_dir, tmp_path / "out", broken, single)
+    assert found(findings) == [FINDING]  # the entries before the fault
+    assert [(i["file"], i["kind"]) for i in summary["incomplete"]] == [(str(broken), "unreadable")]
+    assert [(e["file"], e["reason"].split(":")[0]) for e in errors] == \
+        [(str(broken), "unreadable"), (str(single), "malformed JSON")]
+    assert all("\n" not in e["reason"] for e in errors)
+
+
 def manifest_export(root: Path, counts: dict[str, int | None]) -> Path:
     res = {"Patient": [patient("p1")], "Condition": [ms("c1", "Patient/p1")],
            "ServiceRequest": [jugular_angioplasty("sr1", "Patient/p1"), mri("sr2", "Patient/p1")]}

@@ -417,14 +417,18 @@ def _bad_json(exc: Exception) -> str:
     return f"malformed JSON: {text}"
 
 
-def _stopped(exc: BaseException, where: str) -> str:
-    """The reason for a file that could not be read to its end (a file-level kind, see FILE_LEVEL_KINDS)."""
-    import ijson  # type: ignore[import-untyped]
+def _ends_early(exc: BaseException) -> bool:
+    return isinstance(exc, EOFError) or "premature EOF" in str(exc)  # gzip cut short; yajl's JSON cut short
 
-    if isinstance(exc, (EOFError, ijson.IncompleteJSONError)):
-        return (f"{TRUNCATED}: the file ends early ({exc or 'compressed stream cut short'}) {where}; "
+
+def _stopped(exc: BaseException, where: str) -> str:
+    """The reason for a file that could not be read to its end (a file-level kind, see FILE_LEVEL_KINDS).
+    Only the first line of the parser's message: yajl adds a snippet of the data."""
+    text = (str(exc).splitlines() or [""])[0].strip() or "compressed stream cut short"
+    if _ends_early(exc):
+        return (f"{TRUNCATED}: the file ends early ({text}) {where}; "
                 "the records after it are missing (file unreadable from here on)")
-    return f"{UNREADABLE}: {exc.__class__.__name__}: {exc} {where}; file unreadable from here on"
+    return f"{UNREADABLE}: {exc.__class__.__name__}: {text} {where}; file unreadable from here on"
 
 
 def _read_ndjson(f: InputFile, task: ReadTask, keep: frozenset[str] | None,
@@ -620,7 +624,7 @@ def _read_json(f: InputFile, idx: int) -> Iterator[Record | BadRecord]:
 def _stream_bundle(f: InputFile, idx: int) -> Iterator[Record | BadRecord]:
     """A Bundle too large to hold, or that cannot be parsed whole: two ijson passes (fullUrl map, then
     entries), memory ~ one entry. What precedes a fault is kept; the fault is reported with its kind."""
-    import ijson  # only needed for large or damaged Bundles
+    import ijson  # type: ignore[import-untyped]  # only needed for large or damaged Bundles
 
     errors = (ijson.JSONError, OSError, EOFError, zlib.error, UnicodeDecodeError)
     urls: dict[str, str] = {}
@@ -654,6 +658,10 @@ def _stream_bundle(f: InputFile, idx: int) -> Iterator[Record | BadRecord]:
             for n, e in enumerate(ijson.items(fh, "entry.item", use_float=True), start=1):
                 yield from _entry_record(e, urls, idx, None, n)
     except errors as exc:
+        if top != "Bundle" and n == 0 and not _ends_early(exc) and isinstance(exc, ijson.JSONError):
+            text = (str(exc).splitlines() or [""])[0]
+            yield BadRecord(idx, None, None, f"malformed JSON: {text}")  # one document, one bad record
+            return
         yield BadRecord(idx, None, n + 1 if n else None,
                         _stopped(exc, f"after entry {n}" if n else "before the first entry"))
         return
