@@ -173,6 +173,18 @@ def test_truncated_bundle_keeps_the_entries_before_the_cut(gz: bool, tmp_path: P
     assert errors[-1]["file"] == str(path) and errors[-1]["reason"].startswith("truncated:")
 
 
+def test_a_plain_ndjson_file_cut_mid_line_is_truncated(tmp_path: Path, rules_dir: Path) -> None:
+    data = b"".join(orjson.dumps(r) + b"\n" for r in [*good(), mri("m1", "Patient/x1")])
+    path = tmp_path / "cut.ndjson"
+    path.write_bytes(data[:-20])
+    whole = tmp_path / "no-final-newline.ndjson"
+    whole.write_bytes(orjson.dumps(patient("p2")) + b"\n" + orjson.dumps(mri("m2", "Patient/p2")))  # valid
+    summary, findings, errors = audit(rules_dir, tmp_path / "out", path, whole)
+    assert found(findings) == [FINDING]
+    assert [(i["file"], i["kind"]) for i in summary["incomplete"]] == [(str(path), "truncated")]
+    assert [(e["file"], e["line"]) for e in errors] == [(str(path), 4)]
+
+
 def test_a_bundle_broken_midway_is_unreadable_a_broken_resource_file_is_one_bad_record(
         tmp_path: Path, rules_dir: Path) -> None:
     full = write_bundle(tmp_path / "b.json", [*good(), mri("m1", "Patient/x1"), mri("m2", "Patient/x2")],

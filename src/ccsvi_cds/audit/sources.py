@@ -381,7 +381,8 @@ def read_task(files: Sequence[InputFile], task: ReadTask, keep: frozenset[str] |
         yield from _read_json(f, task.file_index)
 
 
-def _iter_lines(f: InputFile, task: ReadTask) -> Iterator[bytes]:
+def _iter_lines(f: InputFile, task: ReadTask, unterminated: list[bool]) -> Iterator[bytes]:
+    """The task's lines; a last line without a line end sets ``unterminated`` before it is yielded."""
     with _open(f.path, f.gzip) as fh:
         if f.gzip:
             # Small reads: on a truncated stream, everything up to the cut is still returned; the partial
@@ -392,6 +393,7 @@ def _iter_lines(f: InputFile, task: ReadTask) -> Iterator[bytes]:
                 buf = parts.pop()
                 yield from parts
             if buf:
+                unterminated.append(True)
                 yield buf
             return
         fh.seek(task.start)
@@ -407,6 +409,7 @@ def _iter_lines(f: InputFile, task: ReadTask) -> Iterator[bytes]:
             buf = parts.pop()
             yield from parts
         if buf:
+            unterminated.append(True)
             yield buf
 
 
@@ -445,7 +448,8 @@ def _read_ndjson(f: InputFile, task: ReadTask, keep: frozenset[str] | None,
     Obj = simdjson.Object if lazy else dict
     loads = orjson.loads
     try:
-        for line in _iter_lines(f, task):
+        unterminated: list[bool] = []
+        for line in _iter_lines(f, task, unterminated):
             line_no += 1
             try:
                 if parser is not None:
@@ -458,6 +462,10 @@ def _read_ndjson(f: InputFile, task: ReadTask, keep: frozenset[str] | None,
                 if not line.strip():
                     blank += 1
                     continue  # blank line
+                if unterminated:  # an invalid last line without a line end: the file was cut short
+                    yield BadRecord(idx, line_no, None, f"{TRUNCATED}: the last line is cut short (no line end, "
+                                                        "not valid JSON); the file ends early")
+                    continue
                 yield BadRecord(idx, line_no, None, _bad_json(exc))
                 continue
             rtype = doc.get("resourceType") if type(doc) is Obj else None
