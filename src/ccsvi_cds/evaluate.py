@@ -11,7 +11,7 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ccsvi_cds.cards import CardBuilder
+from ccsvi_cds.cards import CardBuilder, CardRenderError
 from ccsvi_cds.engine import Match, RuleEngine
 from ccsvi_cds.facts.classify import compile_classifiers
 from ccsvi_cds.facts.extract import Issue, PatientGroup, group_by_patient, project_group
@@ -49,6 +49,7 @@ class Evaluation:
     findings: list[Finding] = field(default_factory=list)
     issues: list[Issue] = field(default_factory=list)
     orders_evaluated: int = 0
+    card_errors: list[CardRenderError] = field(default_factory=list)  # findings dropped: their card failed
 
     @property
     def cards(self) -> list[dict[str, Any]]:
@@ -117,7 +118,7 @@ class Evaluator:
             if not any(f["kind"] == "order" for f in facts):
                 continue
             matches = self._engine.run(facts)
-            result.findings.extend(self._findings(group, matches))
+            result.findings.extend(self._findings(group, matches, result.card_errors))
         result.findings.sort(key=lambda f: (f.patient_ref or "", f.order_ref, SEVERITY[f.indicator],
                                             self._priority[f.rule_id], f.rule_id))
         return result
@@ -131,7 +132,8 @@ class Evaluator:
                 kept.append(item)
         return kept
 
-    def _findings(self, group: PatientGroup, matches: list[Match]) -> list[Finding]:
+    def _findings(self, group: PatientGroup, matches: list[Match],
+                  card_errors: list[CardRenderError]) -> list[Finding]:
         seen: dict[tuple[str, str], Any] = {}
         for match in sorted(matches, key=lambda m: (m.rule, sorted((a, f.get("ref", "")) for a, f in m.facts.items()))):
             rule = self._rules[rule_id_of(match.rule)]
@@ -142,7 +144,11 @@ class Evaluator:
             full = {alias: group.fact(f["ref"]) or f for alias, f in match.facts.items()}
             context = {**full, "order": full[rule.order], "patient": group.facts[0]}
             matched = {alias: {k: v for k, v in f.items() if v is not None} for alias, f in full.items()}
-            card = self._cards.build(rule, context, matched)
+            try:
+                card = self._cards.build(rule, context, matched)
+            except CardRenderError as exc:  # skip this finding only; the caller reports it
+                card_errors.append(exc)
+                continue
             order = full[rule.order]
             located = group.orders[order_ref]
             out.append(Finding(

@@ -90,15 +90,26 @@ class LoadedCase:
 
 def case_files(root: Path) -> list[Path]:
     folder = root / CASES_DIR
-    return sorted(folder.glob("*.yaml")) if folder.is_dir() else []
+    try:
+        return sorted(folder.glob("*.yaml")) if folder.is_dir() else []
+    except OSError:  # unreadable folder: reported by load_cases as missing cases
+        return []
 
 
 def load_cases(root: Path | str, pack: RulePack | None) -> tuple[list[LoadedCase], list[Problem]]:
-    """Every case under root/cases, and each problem with its file:line:column (cross-checked with `pack`)."""
+    """Every case under root/cases, and each problem with its file:line:column (cross-checked with `pack`).
+
+    A pack without cases (e.g. deployed without its cases folder) is a warning: nothing shows its rules work,
+    but nothing in it is wrong either, so lint passes and hot reload accepts it.
+    """
     root = Path(root)
     loaded: list[LoadedCase] = []
     problems: list[Problem] = []
-    for path in case_files(root):
+    files = case_files(root)
+    if not files:
+        problems.append(Problem(str(root / CASES_DIR), 1, 1, "no test cases: the folder is missing or empty",
+                                f"add {CASES_DIR}/<rule-id>.yaml files (see README, Writing rules)", "warning"))
+    for path in files:
         try:
             doc = read_doc(path, str(path))
         except SourceError as exc:
@@ -131,7 +142,8 @@ def _check_file(parsed: CaseFile, doc: SourceDoc, pack: RulePack | None) -> list
         names[case.name] = i
         if case.input.file is not None and not (doc.path.parent / case.input.file).is_file():
             problems.append(doc.problem(("cases", i, "input", "file"), f"input file not found: {case.input.file}",
-                                        f"the path is relative to {doc.path.parent}"))
+                                        f"the path is relative to {doc.path.parent}; `rules test` fails this case",
+                                        severity="warning"))
         for j, card in enumerate(case.expect.cards):
             if rules is None:
                 continue
@@ -247,6 +259,9 @@ def run_case(evaluator: Evaluator, loaded: LoadedCase) -> CaseResult:
             evaluation = evaluator.evaluate_document(spec.resources, "resources")
     except (OSError, orjson.JSONDecodeError) as exc:
         result.error = f"cannot read the input: {exc}"
+        return result
+    except Exception as exc:  # noqa: BLE001 - a malformed input fails its case, never the whole run
+        result.error = f"cannot evaluate the input: {type(exc).__name__}: {exc}"[:300]
         return result
     actual = [((f.rule_id, f.indicator, f.order_ref), str(f.card.get("detail", ""))) for f in evaluation.findings]
     result.actual = [key for key, _ in actual]

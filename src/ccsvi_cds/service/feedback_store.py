@@ -10,12 +10,12 @@ the decision. Identical feedback entries are stored once.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import queue
 import sqlite3
 import threading
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,6 +23,7 @@ from typing import Any
 
 import orjson
 
+from .errors import Problem, ServiceError
 from .models import FeedbackItem
 
 SCHEMA = """
@@ -129,18 +130,21 @@ class FeedbackResult:
 
 log = logging.getLogger("ccsvi_cds.service")
 _STOP = object()
+Waiter = tuple[asyncio.AbstractEventLoop, "asyncio.Future[None]"]
 
 
 class Store:
-    """Two connections: decisions commit with synchronous=NORMAL (hot path; WAL survives a process crash),
-    feedback with synchronous=FULL (rare; survives power loss too).
+    """Two connections: decisions commit with synchronous=NORMAL (hot path; in WAL mode a committed
+    transaction survives a crash of the process, SIGKILL included, though not of the OS), feedback with
+    synchronous=FULL (rare; survives power loss too).
 
-    Decisions are written by a background thread in batches (`submit_decision` only enqueues), so a
-    commit or WAL checkpoint never stalls the event loop; `flush()` waits until all are written. The
-    writer wakes every BATCH_INTERVAL_S rather than per record: fewer GIL hand-offs with the event loop.
+    A decision is committed before its cards are answered (`record_decision` returns once it is): a card the
+    EHR received always has its record. The commit runs on a writer thread, never on the event loop, and
+    is a group commit: the records of every request that arrives while one commit runs go into the next
+    transaction together, so under load there are few commits, each of many records.
     """
 
-    BATCH_INTERVAL_S = 0.05
+    MAX_BATCH = 500
 
     def __init__(self, path: Path) -> None:
         path = Path(path)
@@ -150,35 +154,46 @@ class Store:
         self._decisions = self._connect("NORMAL")
         self._decisions.executescript(SCHEMA)
         self._feedback = self._connect("FULL")
-        self._queue: queue.Queue[object] = queue.Queue()
+        self._queue: queue.Queue[tuple[object, Waiter | None]] = queue.Queue()
         self._writer = threading.Thread(target=self._write_loop, name="decision-writer", daemon=True)
         self._writer.start()
 
-    def submit_decision(self, rec: DecisionRecord) -> None:
-        self._queue.put(rec)
+    async def record_decision(self, rec: DecisionRecord) -> None:
+        """Return once `rec` is committed; ServiceError 503 if it cannot be (no cards without their record)."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        self._queue.put((rec, (loop, done)))
+        try:
+            await done  # cancelled (client gone): the writer still commits the record
+        except Exception as exc:
+            raise ServiceError(503, Problem("the decision record could not be written, so no cards are "
+                                            "returned; retry later", code="transient")) from exc
 
     def flush(self) -> None:
+        """Wait until everything queued is written."""
         self._queue.join()
 
     def _write_loop(self) -> None:
         while True:
-            time.sleep(self.BATCH_INTERVAL_S)
-            batch = [self._queue.get()]
-            while len(batch) < 500:
+            batch = [self._queue.get()]  # wait for the first; then take whatever queued meanwhile
+            while len(batch) < self.MAX_BATCH:
                 try:
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-            records = [r for r in batch if isinstance(r, DecisionRecord)]
+            records = [r for r, _ in batch if isinstance(r, DecisionRecord)]
+            error: Exception | None = None
             try:
                 if records:
                     self.record_decisions(records)
-            except Exception as exc:  # noqa: BLE001 - keep the writer alive; say what was lost
+            except Exception as exc:  # noqa: BLE001 - keep the writer alive; the waiters get the error
+                error = exc
                 log.error("decision records not written", extra={"count": len(records), "error": type(exc).__name__})
             finally:
+                _settle([w for _, w in batch if w is not None], error)
                 for _ in batch:
                     self._queue.task_done()
-            if any(r is _STOP for r in batch):
+            if any(r is _STOP for r, _ in batch):
                 return
 
     def _connect(self, synchronous: str) -> sqlite3.Connection:
@@ -253,8 +268,30 @@ class Store:
         return FeedbackResult(stored=stored, duplicates=len(rows) - stored, unmatched=len(cards) - known)
 
     def close(self) -> None:
-        self._queue.put(_STOP)
+        self._queue.put((_STOP, None))
         self._writer.join(timeout=10)
         with self._lock:
             self._decisions.close()
             self._feedback.close()
+
+
+def _settle(waiters: list[Waiter], error: Exception | None) -> None:
+    """Wake the requests whose records were in the batch: one hand-off per event loop, not per record."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
+    for loop, future in waiters:
+        by_loop.setdefault(loop, []).append(future)
+    for loop, futures in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_resolve, futures, error)
+        except RuntimeError:  # that loop is closed: nobody is waiting any more
+            pass
+
+
+def _resolve(futures: list[asyncio.Future[None]], error: Exception | None) -> None:
+    for future in futures:
+        if future.done():
+            continue
+        if error is None:
+            future.set_result(None)
+        else:
+            future.set_exception(error)
