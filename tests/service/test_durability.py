@@ -86,3 +86,23 @@ def test_every_card_received_has_its_decision_record_after_sigkill(tmp_path: Pat
     missing = [card for _, card in received if card not in recorded]
     assert missing == [], f"{len(missing)} of {len(received)} cards received have no decision record"
     assert all(recorded[card] == instance for instance, card in received)
+
+
+def test_a_decision_that_cannot_be_written_gives_503_not_cards_without_a_record(tmp_path: Path) -> None:
+    """The table is gone under the running worker (a real SQLite fault): no cards leave without their record."""
+    from starlette.testclient import TestClient
+
+    from ccsvi_cds.service.app import create_app
+    from ccsvi_cds.service.settings import ServiceSettings
+
+    db_path = tmp_path / "service.sqlite3"
+    body = json.loads((REPO / "fhir_examples" / "cds-hooks-order-sign.json").read_text())
+    with TestClient(create_app(ServiceSettings(db_path=db_path))) as client:
+        assert client.post(SIGN, json=body).status_code == 200
+        with sqlite3.connect(db_path) as db:
+            db.execute("DROP TABLE decision_card")
+        r = client.post(SIGN, json={**body, "hookInstance": str(uuid.uuid4())})
+        assert r.status_code == 503, r.text
+        outcome = r.json()
+        assert outcome["resourceType"] == "OperationOutcome" and "cards" not in outcome
+        assert "decision record could not be written" in outcome["issue"][0]["diagnostics"]

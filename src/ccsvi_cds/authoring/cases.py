@@ -266,6 +266,7 @@ def run_case(evaluator: Evaluator, loaded: LoadedCase) -> CaseResult:
     actual = [((f.rule_id, f.indicator, f.order_ref), str(f.card.get("detail", ""))) for f in evaluation.findings]
     result.actual = [key for key, _ in actual]
     result.diff, result.notes = _compare(loaded.case.expect.cards, actual)
+    result.notes += [f"card failed to render (left out): {e}" for e in evaluation.card_errors]
     if len(evaluation.issues) != loaded.case.expect.issues:
         result.notes.append(f"expected {loaded.case.expect.issues} input issue(s), got {len(evaluation.issues)}"
                             + "".join(f"\n    {issue}" for issue in evaluation.issues))
