@@ -93,17 +93,31 @@ def test_a_pack_without_its_cases_folder_lints_with_a_warning_and_reloads(pack_d
     _assert_reload_takes_an_edit(pack_dir)
 
 
-def test_a_pack_whose_case_inputs_are_missing_lints_with_warnings_and_reloads(pack_dir: Path) -> None:
+def test_a_pack_whose_case_inputs_are_missing_lints_without_a_traceback_and_reloads(pack_dir: Path) -> None:
     """The pack deployed alone: cases/ is there, the ../../fhir_examples files it points to are not."""
     shutil.rmtree(pack_dir.parent / "fhir_examples")
-    result = lint_pack(pack_dir)
-    assert result.ok, [str(p) for p in result.errors]
-    assert any("input file not found" in p.message for p in result.warnings)
+    result = lint_pack(pack_dir)  # for the author these are errors (a typo'd path must not pass unseen) ...
+    assert result.errors and all("input file not found" in p.message for p in result.errors)
     cli = CliRunner().invoke(rules, ["lint", str(pack_dir)])
-    assert cli.exit_code == 0 and _no_traceback(cli)
+    assert cli.exit_code == 1 and _no_traceback(cli)
     tested = CliRunner().invoke(rules, ["test", str(pack_dir)])
-    assert tested.exit_code == 1 and _no_traceback(tested) and "cannot read the input" in tested.output
-    _assert_reload_takes_an_edit(pack_dir)
+    assert tested.exit_code == 1 and _no_traceback(tested) and "error: input file not found" in tested.output
+    _assert_reload_takes_an_edit(pack_dir)  # ... but the service runs no case: reload is not blocked
+
+
+def test_a_pack_with_missing_case_inputs_still_gets_its_cards_rendered(pack_dir: Path) -> None:
+    shutil.rmtree(pack_dir.parent / "fhir_examples")
+    rule = _break_repeat_rule(pack_dir)
+    rendering = [p for p in lint_pack(pack_dir).errors if "fails to render" in p.message]
+    assert [(p.file, p.line, p.column) for p in rendering] == [(str(rule), *position(rule, BREAKS_WITHOUT_A_STUDY))]
+
+    async def scenario() -> None:
+        state = RuleState()
+        state.load(pack_dir)
+        outcome = await PackReloader(pack_dir, state).reload_once()
+        assert outcome.status == "refused" and len(outcome.errors) == 1 and "fails to render" in outcome.errors[0]
+
+    asyncio.run(scenario())
 
 
 def test_a_case_input_the_facts_layer_cannot_read_fails_its_case_without_a_traceback(pack_dir: Path) -> None:

@@ -100,7 +100,7 @@ def load_cases(root: Path | str, pack: RulePack | None) -> tuple[list[LoadedCase
     """Every case under root/cases, and each problem with its file:line:column (cross-checked with `pack`).
 
     A pack without cases (e.g. deployed without its cases folder) is a warning: nothing shows its rules work,
-    but nothing in it is wrong either, so lint passes and hot reload accepts it.
+    but nothing in it is wrong either. (Hot reload does not let case problems block a pack: see reload.py.)
     """
     root = Path(root)
     loaded: list[LoadedCase] = []
@@ -142,8 +142,7 @@ def _check_file(parsed: CaseFile, doc: SourceDoc, pack: RulePack | None) -> list
         names[case.name] = i
         if case.input.file is not None and not (doc.path.parent / case.input.file).is_file():
             problems.append(doc.problem(("cases", i, "input", "file"), f"input file not found: {case.input.file}",
-                                        f"the path is relative to {doc.path.parent}; `rules test` fails this case",
-                                        severity="warning"))
+                                        f"the path is relative to {doc.path.parent}"))
         for j, card in enumerate(case.expect.cards):
             if rules is None:
                 continue
@@ -302,3 +301,9 @@ def format_report(report: CaseReport, verbose: bool = False) -> str:
     for rid in report.without_silent_case:
         out.append(f"no silent case: {rid} (add a near-miss case to cases/{rid}.yaml in which it stays silent)")
     return "\n".join(out)
+
+
+def is_case_problem(problem: Problem, root: Path) -> bool:
+    """A problem in the test cases (a case file or its input), not in what the service would run."""
+    cases = Path(root) / CASES_DIR
+    return Path(problem.file) == cases or Path(problem.file).parent == cases

@@ -113,8 +113,7 @@ def lint_pack(root: Path | str, *, run_case_inputs: bool = True) -> LintResult:
             problems += check_reachability(pack, rule, doc)
     cases, case_problems = load_cases(root, pack)
     problems += case_problems
-    if not any(p.severity == "error" for p in problems):  # cards render with cases and synthetic facts
-        problems += check_rendering(pack, cases)
+    problems += check_rendering(pack, cases, problems)  # cards render with the cases' and synthetic facts
     if run_case_inputs and not any(p.severity == "error" for p in problems):
         problems += check_case_coverage(pack, cases, docs)
     return LintResult(pack, sorted(set(problems)))

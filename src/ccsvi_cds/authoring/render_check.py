@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 from jinja2.sandbox import SandboxedEnvironment
 
-from ccsvi_cds.authoring.cases import LoadedCase
+from ccsvi_cds.authoring.cases import LoadedCase, is_case_problem
 from ccsvi_cds.authoring.template_check import _position
 from ccsvi_cds.cards import CardBuilder, CardRenderError
 from ccsvi_cds.evaluate import DEFAULT_BASE_URL
@@ -43,8 +43,14 @@ HINT = ("guard optional fields, e.g. {% if order.study_title %}...{% endif %} or
         "{{ order.study_title | default('', true) }}")
 
 
-def check_rendering(pack: RulePack, cases: list[LoadedCase]) -> list[Problem]:
-    """Errors for every card that fails to build against the cases' facts or the synthetic facts."""
+def check_rendering(pack: RulePack, cases: list[LoadedCase], found: list[Problem]) -> list[Problem]:
+    """Errors for every card that fails to build against the cases' facts or the synthetic facts.
+
+    Skipped while the rules themselves have errors (`found`; the static checks say it better); problems in
+    the case files do not stop it (a case with a missing input is merely not rendered against).
+    """
+    if any(p.severity == "error" and not is_case_problem(p, pack.root) for p in found):
+        return []
     builder = CardBuilder(pack, DEFAULT_BASE_URL, strict=True)
     classify = compile_classifiers(pack)
     case_facts = [(c, _case_groups(pack, classify, c)) for c in cases]
