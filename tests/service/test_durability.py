@@ -37,15 +37,20 @@ def _start(tmp_path: Path) -> tuple[subprocess.Popen[bytes], str, Path]:
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     pids: set[int] = set()
-    while len(pids) < 2:  # both workers up: each answers /health with its pid
-        assert proc.poll() is None, (tmp_path / "service.log").read_text()[-3000:]
-        assert time.monotonic() < deadline, (tmp_path / "service.log").read_text()[-3000:]
-        try:
-            r = httpx.get(url + "/health", timeout=1)
-            if r.status_code == 200:
-                pids.add(r.json()["pid"])
-        except httpx.HTTPError:
-            time.sleep(0.1)
+    try:
+        while len(pids) < 2:  # both workers up: each answers /health with its pid
+            assert proc.poll() is None, (tmp_path / "service.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, (tmp_path / "service.log").read_text()[-3000:]
+            try:
+                r = httpx.get(url + "/health", timeout=1)
+                if r.status_code == 200:
+                    pids.add(r.json()["pid"])
+            except httpx.HTTPError:
+                time.sleep(0.1)
+    except BaseException:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        raise
     return proc, url, db_path
 
 
