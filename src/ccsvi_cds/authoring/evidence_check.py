@@ -34,7 +34,8 @@ def figures_in(text: str) -> set[str]:
 
 def _blocks(lines: list[str]) -> Iterator[tuple[int, list[str]]]:
     """Paragraphs and bullets of markdown: (index of the first line, lines)."""
-    start, block = 0, []
+    start = 0
+    block: list[str] = []
     for i, line in enumerate(lines):
         if BLOCK_START.match(line) and block:
             yield start, block
