@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from builders import CPT as B_CPT
+from builders import PCS as B_PCS
+from builders import SCT as B_SCT
+from builders import condition, order, patient
 
 from ccsvi_cds.facts.terminology import (
     CPT,
@@ -108,3 +112,90 @@ def test_regex_filters_match_the_whole_code() -> None:
 
 def test_snomed_hierarchy_is_not_decided_locally() -> None:
     assert code_filter(SNOMED, "concept", "is-a", "24700007") is None
+
+
+# --- through the evaluator: every coding counts, named veins decide, spellings do not matter -----------------
+
+
+WARN = [("venous-angioplasty-ms", "warning", "ServiceRequest/sr1")]
+
+
+def _codings(*pairs: tuple[str, str]) -> dict[str, object]:
+    return {"coding": [{"system": s, "code": c} for s, c in pairs]}
+
+
+@pytest.mark.parametrize("codings", [
+    [(B_CPT, "37248"), (B_PCS, "05743ZZ")],
+    [(B_PCS, "05743ZZ"), (B_CPT, "37248")],
+    [("urn:oid:2.16.840.1.113883.6.12", "37248"), ("urn:oid:2.16.840.1.113883.6.4", "05743zz")],
+])
+def test_a_named_vein_in_any_coding_beats_an_unspecified_vein_code(fired, codings) -> None:  # type: ignore[no-untyped-def]
+    sr = order(body=None)
+    sr["code"] = _codings(*codings)
+    assert fired(patient(), condition(), sr) == []
+    sr["reasonCode"] = [_codings((ICD10CM, "G35"))]
+    assert fired(patient(), condition(), sr) == WARN  # another named vein counts with an MS reason of its own
+
+
+@pytest.mark.parametrize("site", ["8887007", "48345005", "64131007", "56400007", "8993003", "32764006"])
+def test_a_body_site_naming_another_vein_beats_the_unspecified_cpt(fired, site: str) -> None:  # type: ignore[no-untyped-def]
+    sr = order(body=_codings(("https://snomed.info/sct", site)))
+    assert fired(patient(), condition(), sr) == []
+
+
+def test_an_outflow_vein_in_the_second_coding_decides(fired) -> None:  # type: ignore[no-untyped-def]
+    sr = order(body=None)
+    sr["code"] = _codings((B_SCT, "359551000"), (B_PCS, "057N3ZZ"))
+    assert fired(patient(), condition(), sr) == WARN
+
+
+@pytest.mark.parametrize(("system", "code"), [
+    ("urn:oid:2.16.840.1.113883.6.96", "24700007"),
+    ("http://snomed.info/sct/731000124108/version/20230301", "428700003"),
+    ("https://snomed.info/sct/", "426373005"),
+    ("urn:oid:2.16.840.1.113883.6.90", "g35.a"),
+    ("http://hl7.org/fhir/sid/icd-10-cm", "G35B1"),
+    ("urn:oid:2.16.840.1.113883.6.3", " G35 "),
+    (ICD11, "8A40.0"),
+    (ICD11, "8A40.Y"),
+    ("http://id.who.int/icd/release/11/2024-01/mms", "8a40z"),
+])
+def test_ms_counts_whatever_the_spelling(fired, system: str, code: str) -> None:  # type: ignore[no-untyped-def]
+    assert fired(patient(), condition(system, code), order()) == WARN
+
+
+@pytest.mark.parametrize(("system", "code"), [(ICD11, "8A41"), ("urn:oid:2.16.840.1.113883.6.90", "g37.9"),
+                                              (ICD10CM, "G36.0")])
+def test_not_ms_whatever_the_spelling(fired, system: str, code: str) -> None:  # type: ignore[no-untyped-def]
+    assert fired(patient(), condition(system, code), order()) == []
+
+
+@pytest.mark.parametrize(("code", "rule"), [
+    ("057M0ZZ", "venous-angioplasty-ms"), ("057N4ZZ", "venous-angioplasty-ms"), ("05713ZZ", "venous-angioplasty-ms"),
+    ("057R0DZ", "venous-stent-ms"), ("05704DZ", "venous-stent-ms"),
+])
+def test_pcs_dilation_of_an_outflow_vein_in_every_approach(fired, code: str, rule: str) -> None:  # type: ignore[no-untyped-def]
+    found = fired(patient(), condition(), order(B_PCS, code, body=None))
+    assert [r for r, _, _ in found] == [rule]
+
+
+@pytest.mark.parametrize("text", ["PTA azygos", "pta   AZYGOUS vein", "PTV R IJV", "Balloon venoplasty, LIJ",
+                                  "percutaneous transluminal angioplasty of the left internal jugular vein"])
+def test_order_text_and_abbreviations(fired, text: str) -> None:  # type: ignore[no-untyped-def]
+    assert fired(patient(), condition(), order(None, None, text=text, body=None)) == WARN
+
+
+@pytest.mark.parametrize("text", ["PTA superficial femoral artery", "PTA left external jugular vein",
+                                  "Venous sinus stenting (transverse sinus) for IIH", "Stent of the left brachiocephalic vein",
+                                  "PTA of the portal vein", "IVC stent", "Gonadal vein stent"])
+def test_other_named_veins_in_text_stay_silent_without_an_ms_reason(fired, text: str) -> None:  # type: ignore[no-untyped-def]
+    assert fired(patient(), condition(), order(None, None, text=text, body=None)) == []
+
+
+@pytest.mark.parametrize("text", ["MULTIPLE   SCLEROSIS", "multiple\tsclerosis", "RRMS", "Multiple sclerosis (SPMS)"])
+def test_condition_text_spacing_and_case_do_not_matter(fired, text: str) -> None:  # type: ignore[no-untyped-def]
+    assert fired(patient(), condition(None, None, text=text), order()) == WARN
+
+
+def test_ms_as_a_title_is_not_multiple_sclerosis(fired) -> None:  # type: ignore[no-untyped-def]
+    assert fired(patient(), condition(None, None, text="Seen by Ms Jones"), order()) == []
