@@ -40,10 +40,11 @@ class Members:
     codes: frozenset[Coding]
     rules: tuple[Rule, ...] = ()
 
-    def __contains__(self, coding: object) -> bool:
+    def __contains__(self, coding: Coding) -> bool:
         if coding in self.codes:
             return True
-        return any(system == coding[0] and test(coding[1]) for system, test in self.rules)  # type: ignore[index]
+        system, code = coding
+        return any(system == rule_system and test(code) for rule_system, test in self.rules)
 
 
 @dataclass(frozen=True)
