@@ -32,8 +32,8 @@ from ccsvi_cds.rulepack import load_pack
 from ccsvi_cds.service.state import RuleState
 
 CCSVI = str(Path(sys.executable).parent / "ccsvi-cds")
-OLD_SUMMARY = ("Venous stenting for CCSVI in MS: no benefit in trials, and stent migration, thrombosis and deaths "
-               "were reported. Do not place.")
+OLD_SUMMARY = ("Venous stenting for CCSVI in MS: trials of venous angioplasty found no benefit; stent migration and "
+               "deaths were reported")
 NEW_SUMMARY = "Do not place a venous stent for CCSVI: no benefit in trials; migration, thrombosis and deaths reported"
 
 

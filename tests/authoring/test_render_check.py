@@ -32,13 +32,13 @@ from ccsvi_cds.service.settings import ServiceSettings
 from ccsvi_cds.service.state import RuleState
 
 BREAKS_WITHOUT_A_STUDY = "{{ order.study_title | length }}"
-REPEAT_FIRST_LINE = "This patient already had a venous procedure ("
+REPEAT_FIRST_LINE = "This order ("
 
 
 def _break_repeat_rule(pack: Path) -> Path:
     """repeat-venous-procedure: a title length that fails whenever the order has no study (None | length)."""
     rule = pack / "repeat-venous-procedure.yaml"
-    edit(rule, REPEAT_FIRST_LINE, f"This patient ({BREAKS_WITHOUT_A_STUDY}) already had a venous procedure (")
+    edit(rule, REPEAT_FIRST_LINE, f"This order ({BREAKS_WITHOUT_A_STUDY}; ")
     return rule
 
 
