@@ -5,6 +5,7 @@ rotated key picked up at the next (rate-limited) refetch."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import sys
 import time
 import uuid
@@ -184,3 +185,20 @@ def test_a_rotated_key_is_picked_up_at_the_next_refetch_and_unknown_kids_are_rat
 
 def test_the_default_refetch_interval_picks_up_a_rotated_key_within_5_s() -> None:
     assert ServiceSettings().jwks_refetch_interval_s <= 5
+
+
+@pytest.mark.parametrize("alg", [{"\u0100": None}, ["ES384"], "caf\u00e9", "HS256\r\nX: 1", "\u2603" * 40])
+def test_a_refusal_never_puts_client_text_in_a_header(issuer: Issuer, tmp_path: Path, alg: Any) -> None:
+    """Found by the fuzz: a JWT `alg` of {"\u0100": null} was echoed into WWW-Authenticate (a 500)."""
+    forged = ".".join(base64.urlsafe_b64encode(orjson.dumps(part)).rstrip(b"=").decode()
+                      for part in ({"alg": alg, "kid": "k1"}, {"iss": ISS})) + ".c2ln"
+
+    async def scenario(v: JwtVerifier) -> ServiceError:
+        with pytest.raises(ServiceError) as refused:
+            await v.verify("Bearer " + forged, AUD)
+        return refused.value
+
+    error = run(issuer, tmp_path, scenario)
+    assert error.status == 401
+    header = error.headers["WWW-Authenticate"]
+    assert header.isascii() and header.isprintable() and "\u0100" not in header

@@ -33,7 +33,7 @@ JWKS_HEADERS = {"Accept": "application/json", "Accept-Encoding": "identity"}  # 
 
 
 def unauthorized(message: str) -> ServiceError:
-    safe = message.replace('"', "'")
+    safe = message.encode("ascii", "backslashreplace").decode().replace('"', "'").replace("\\", "/")[:300]
     return ServiceError(401, Problem(message, code="login"),
                         {"WWW-Authenticate": f'Bearer error="invalid_token", error_description="{safe}"'})
 
@@ -163,7 +163,9 @@ class JwtVerifier:
             raise unauthorized("the bearer token is not a well-formed JWT") from None
         alg = header.get("alg")
         if not isinstance(alg, str) or alg not in ALLOWED_ALGORITHMS:
-            raise unauthorized(f"JWT alg {alg!r} is refused: only asymmetric algorithms (e.g. ES384, RS384)")
+            shown = repr(alg) if isinstance(alg, str) and alg.isascii() and alg.isprintable() and len(alg) <= 16 else ""
+            raise unauthorized(f"JWT alg {shown or '(not shown)'} is refused: only asymmetric algorithms "
+                               "(e.g. ES384, RS384)")
         iss = unverified.get("iss")
         issuer = self._issuers.get(iss) if isinstance(iss, str) else None
         if issuer is None:
