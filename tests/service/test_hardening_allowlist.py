@@ -87,7 +87,7 @@ def call(client: TestClient, **extra: Any) -> Any:
 ESCAPES = [
     "/fhir/../x", "/fhir/./../x", "/fhir/x/../../x", "/fhir/%2e%2e/x", "/fhir/%2E%2E/x", "/fhir/.%2e/x",
     "/fhir/%2e./x", "/fhir/..%2fx", "/fhir/..%2Fx", "/fhir/..%5cx", "/fhir/%252e%252e/x", "/fhir\\..\\x",
-    "/fhirx", "/fhir/..", "/x/../fhir/../x",
+    "/fhirx", "/fhir/..", "/x/../fhir/../x", "/fhir/..;/x", "/fhir/..%3b/x", "/fhir/.;/../x",
 ]
 
 

@@ -99,6 +99,17 @@ def test_headers_within_the_limits_are_served(svc: Service) -> None:
     assert svc.client.get("/health", headers=headers).status_code == 200
 
 
+def test_large_bodies_and_pipelined_requests_are_not_mistaken_for_large_heads(svc: Service) -> None:
+    body = json.dumps(p.order_sign(extension={"pad": "x" * 900_000})).encode()
+    head = (f"POST {SIGN} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode()
+    health = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+    with connect(svc) as sock:
+        sock.sendall(head + body + head + body + health)  # one stream: reads span heads, bodies and ends
+        reply = answer(sock)
+    assert reply.count(b"HTTP/1.1 200") == 3 and b"431" not in reply.split(b"\r\n")[0]
+
+
 def test_connections_that_never_finish_their_headers_are_closed(svc: Service) -> None:
     socks = [connect(svc) for _ in range(40)]
     for i, sock in enumerate(socks):

@@ -1,9 +1,10 @@
 """Reading from the EHR's FHIR server, only where the operator allows it.
 
 The server named by a request (`fhirServer`) is used only if it falls under an allowed prefix (scheme,
-host, port and a path prefix on a segment boundary); so are `next` page links, and the bearer token goes
-nowhere else. Redirects are not followed; pages and response sizes are bounded. Any failure to obtain
-data is a `DataUnavailable` (answered 412 by the service).
+host, port and a path prefix on a segment boundary, all compared in RFC 3986 normal form, which is also the
+URL fetched); so are `next` page links, and the bearer token goes nowhere else. Redirects are not
+followed; pages and response sizes are bounded. Any failure to obtain data is a `DataUnavailable`
+(answered 412 by the service).
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ def canonical_url(url: str) -> str | None:
     Normalised: scheme and host case, default port, percent-encoded unreserved characters (`%2e` is `.`),
     dot segments (`/fhir/../x` is `/x`); the fragment is dropped. Refused (None): anything but visible ASCII
     (control characters, spaces, non-ASCII), userinfo, a backslash, and a path holding an encoded `/`, `\\`
-    or `%` (servers disagree on whether they separate segments), a malformed escape, or a bad port.
+    or `%` (servers disagree on whether they separate segments), a `;` (Java servers read `/..;/` as `/../`),
+    a malformed escape, or a bad port.
     Checking and fetching the same normal form means the allowlist sees exactly the path that is requested.
     """
     if not url or any(not ("!" <= c <= "~") for c in url) or "\\" in url:
@@ -53,7 +55,7 @@ def canonical_url(url: str) -> str | None:
     if port is not None and port != DEFAULT_PORTS[scheme]:
         host = f"{host}:{port}"
     path = _decode_unreserved(parts.path)
-    if path is None:
+    if path is None or ";" in path or "%3B" in path:
         return None
     path = remove_dot_segments(path) or "/"
     query = f"?{parts.query}" if parts.query else ""

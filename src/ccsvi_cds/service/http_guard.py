@@ -1,8 +1,9 @@
 """Connection-level limits uvicorn's httptools protocol does not have: request-head size and header count,
 a deadline for the request head, and the per-worker backlog a request arrives into (for load shedding).
 
-httptools buffers a header value whole before handing it over, so the size is bounded where bytes arrive
-(`data_received`), not per header: a 16 MiB `Authorization` header is refused after `max_header_bytes`.
+httptools buffers a header value whole before handing it over, so the size is also bounded where bytes
+arrive (`data_received`): a 16 MiB `Authorization` header is refused after `max_header_bytes` (plus at most
+a read or two), not read whole.
 A connection that opens and never completes its request head (slowloris) is closed after
 `header_timeout_s`; idle keep-alive connections are closed by uvicorn's `timeout_keep_alive`.
 """
@@ -38,6 +39,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._head_bytes = 0
         self._header_count = 0
         self._parsed = 0
+        self._boundary = False
         self._refusal: bytes | None = None
         self._head_timer: asyncio.TimerHandle | None = None
 
@@ -52,16 +54,19 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self._refusal is not None:
             return
-        if self._in_head:
-            self._head_bytes += len(data)
-            if self._head_bytes > self._max_bytes + 65536:  # far past the limit before a callback fired
-                self._refuse(b"request head too large")
-                return
+        self._boundary = False
         super().data_received(data)
+        # Bytes of a head still unfinished after this chunk (chunks are at most the transport's read size,
+        # 256 KiB); a chunk in which a head began or ended is left to the exact per-header check.
+        if self._in_head and not self._boundary and not self.transport.is_closing():
+            self._head_bytes += len(data)
+            if self._head_bytes > self._max_bytes:
+                self._refuse(b"request head too large")
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._in_head, self._header_count, self._parsed = True, 0, 0
+        self._in_head, self._boundary = True, True
+        self._head_bytes = self._header_count = self._parsed = 0
         if self._head_timer is None:
             self._arm_head_timer()
 
@@ -75,13 +80,13 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._cancel_head_timer()
-        self._in_head = False
+        self._in_head, self._boundary = False, True
         self.scope[BACKLOG_KEY] = len(self.tasks)  # type: ignore[literal-required]
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
-        self._in_head, self._head_bytes = True, 0
+        self._in_head, self._head_bytes, self._boundary = True, 0, True
 
     def send_400_response(self, msg: str) -> None:
         if self._refusal is not None:
