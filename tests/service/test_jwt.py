@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 from service_harness import FakeFhir, Service, free_port
 
-EXAMPLES = Path(__file__).resolve().parents[3] / "shared" / "cds-hooks" / "examples"
+EXAMPLES = Path(__file__).resolve().parent / "spec_examples"  # copied from the CDS Hooks 2.0.1 specification
 SIGN = "/cds-services/ccsvi-order-sign"
 ISS = "https://ehr.example.org"
 RSA_ISS = "https://ehr-rsa.example.org"
