@@ -12,9 +12,11 @@ from pathlib import Path
 import click
 import orjson
 
-DEFAULT_DIR = Path("rules")
-pack_dir = click.argument("directory", required=False, default=DEFAULT_DIR,
+from ccsvi_cds.bundled import bundled_rules_dir
+
+pack_dir = click.argument("directory", required=False, default=bundled_rules_dir,
                           type=click.Path(file_okay=False, path_type=Path))
+"""DIRECTORY: the rule pack folder; default: the pack bundled with ccsvi-cds (in a checkout: rules/)."""
 
 
 @click.group()
