@@ -22,7 +22,7 @@ def _env(**extra: str) -> dict[str, str]:
 
 
 def _cli(args: list[str], env: dict[str, str], cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "ccsvi_cds", *args], cwd=cwd, env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "ccsvi_cds", *args], cwd=cwd, env=env, capture_output=True, check=False,
                           text=True, timeout=300)
 
 

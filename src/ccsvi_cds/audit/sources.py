@@ -385,7 +385,8 @@ def _read_ndjson(f: InputFile, task: ReadTask, keep: frozenset[str] | None,
             except (ValueError, UnicodeDecodeError) as exc:  # orjson's JSONDecodeError is a ValueError
                 if not line.strip():
                     continue  # blank line
-                yield BadRecord(idx, line_no, None, f"malformed JSON: {exc}")
+                why = str(exc).partition(" This is a fatal")[0].rstrip()  # simdjson's words: the record is skipped
+                yield BadRecord(idx, line_no, None, f"malformed JSON: {why}")
                 continue
             rtype = doc.get("resourceType") if type(doc) is Obj else None
             del doc  # simdjson: the parser can only be reused once its document is released

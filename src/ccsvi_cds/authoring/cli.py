@@ -53,13 +53,16 @@ def test(directory: Path, verbose: bool, name_filter: str | None) -> None:
     Fails on a failing case, a rule no case fires, or a rule without a case in which it stays silent.
     """
     from ccsvi_cds.authoring.cases import format_report, load_cases, run_cases
-    from ccsvi_cds.rulepack import PackError, load_pack
+    from ccsvi_cds.authoring.lint import lint_pack
 
-    try:
-        pack = load_pack(directory)
-    except PackError as exc:
-        click.echo(str(exc), err=True)
+    # lint first: a pack that loads can still fail at evaluation (e.g. cite() of an unknown id); the author
+    # sees the root cause at its file:line instead of a traceback or a cascade of failing cases
+    linted = lint_pack(directory, run_case_inputs=False)
+    if linted.pack is None or linted.errors:
+        click.echo(f"rule pack has {len(linted.errors)} problem(s):", err=True)
+        click.echo("\n".join(str(p) for p in linted.errors), err=True)
         sys.exit(1)
+    pack = linted.pack
     cases, problems = load_cases(directory, pack)
     for p in problems:
         click.echo(str(p), err=True)

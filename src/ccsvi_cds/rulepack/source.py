@@ -6,6 +6,8 @@ lets a pydantic error location like ("when", 0, "order", "where") point at a lin
 
 from __future__ import annotations
 
+import difflib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -98,3 +100,33 @@ def read_doc(path: Path, display: str) -> SourceDoc:
         raise SourceError(Problem(display, 1, 1, f"not valid YAML/JSON: {exc}",
                                   "check the file's syntax (e.g. no duplicate keys)")) from exc
     return SourceDoc(path, display, tree, _plain(tree))
+
+
+_MISSING = re.compile(r"missing field '([^']+)'")
+_UNKNOWN = re.compile(r"unknown field '([^']+)'")
+
+
+def root_causes(problems: list[Problem]) -> list[Problem]:
+    """One typo, one problem: a misspelt key is both an unknown field and a missing one; keep the typo's.
+
+    ('sumary' beside a missing 'card.summary' becomes "unknown field 'sumary': did you mean 'summary'?",
+    at the line of the typo.)
+    """
+    out = list(problems)
+    for unknown in problems:
+        typo = _UNKNOWN.match(unknown.message)
+        if typo is None:
+            continue
+        for missing in problems:
+            wanted = _MISSING.match(missing.message)
+            if wanted is None or missing.file != unknown.file or missing not in out:
+                continue
+            name = wanted.group(1).rpartition(".")[2]
+            if difflib.SequenceMatcher(None, typo.group(1), name).ratio() >= 0.75:
+                out.remove(missing)
+                out[out.index(unknown)] = Problem(
+                    unknown.file, unknown.line, unknown.column,
+                    f"unknown field '{typo.group(1)}': did you mean '{name}'?",
+                    f"rename it to '{name}' ({wanted.group(1)} is required)")
+                break
+    return out
