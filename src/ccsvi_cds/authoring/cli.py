@@ -93,7 +93,10 @@ def docs(directory: Path, out: Path, fmt: str | None) -> None:
         click.echo(str(exc), err=True)
         sys.exit(1)
     fmt = fmt or ("md" if out.suffix.lower() in (".md", ".markdown") else "html")
-    write_catalogue(pack, out, fmt)
+    from ccsvi_cds.evaluate import DEFAULT_BASE_URL
+    from ccsvi_cds.public_url import configured_base_url
+
+    write_catalogue(pack, out, fmt, configured_base_url(None) or DEFAULT_BASE_URL)
     click.echo(f"wrote {out} ({fmt}, {len(pack.rules)} rules)")
 
 
