@@ -16,8 +16,8 @@ from typing import Any
 
 import orjson
 from jinja2 import Environment, PackageLoader, select_autoescape
-from markupsafe import Markup, escape
 from markdown_it import MarkdownIt
+from markupsafe import Markup, escape
 
 from ccsvi_cds.authoring.cases import LoadedCase, load_cases
 from ccsvi_cds.authoring.lint import KNOWN_SYSTEMS
