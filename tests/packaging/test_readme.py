@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-FENCE = re.compile(r"^```sh runnable\n(.*?)^```", re.S | re.M)
-SH_FENCE = re.compile(r"^```sh[^\n]*\n(.*?)^```", re.S | re.M)
+FENCE = re.compile(r"^```sh runnable\n(.*?)^```", re.DOTALL | re.MULTILINE)
+SH_FENCE = re.compile(r"^```sh[^\n]*\n(.*?)^```", re.DOTALL | re.MULTILINE)
 
 
 def runnable_blocks() -> list[str]:
