@@ -158,8 +158,9 @@ def test_extras_are_blocked_in_the_venv(installed: tuple[Path, Path, dict[str, s
 
 
 def test_make_run_installs_only_the_runtime_and_make_test_the_extras(tmp_path: Path) -> None:
-    run = _run(["make", "-n", "-C", str(REPO), "run", f"VENV={tmp_path / 'v'}"], REPO, dict(os.environ))
-    test = _run(["make", "-n", "-C", str(REPO), "test", f"VENV={tmp_path / 'v'}"], REPO, dict(os.environ))
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}  # as in a shell
+    run = _run(["make", "-n", "--no-print-directory", "run", f"VENV={tmp_path / 'v'}"], REPO, env)
+    test = _run(["make", "-n", "--no-print-directory", "test", f"VENV={tmp_path / 'v'}"], REPO, env)
     assert "pip install --quiet -e .\n" in run.stdout and "[" not in run.stdout.split("pip install --quiet -e")[-1]
     assert "-e '.[dev]'" in test.stdout
     assert f"{tmp_path / 'v'}/.installed-run" in run.stdout and f"{tmp_path / 'v'}/.installed-test" in test.stdout
