@@ -14,6 +14,7 @@ SUBCOMMANDS: dict[str, str] = {
     "serve": "ccsvi_cds.service.cli:serve",
     "audit": "ccsvi_cds.audit.cli:audit",
     "rules": "ccsvi_cds.authoring.cli:rules",
+    "feedback": "ccsvi_cds.service.feedback_report:feedback",
 }
 
 

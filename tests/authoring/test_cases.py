@@ -46,7 +46,9 @@ def test_failing_case_shows_a_card_diff(pack_dir: Path) -> None:
     assert iliac in result.output
     line, col = position(cases_file, "- name: azygos stent")
     detail = (f"FAIL {cases_file}:{line}:{col + 2} [venous-stent-ms] azygos stent, secondary progressive MS\n"
-              "     detail of venous-stent-ms on ServiceRequest/sr-1002 does not contain 'stent migrated to the lung'\n")
+              "     detail of venous-stent-ms on ServiceRequest/sr-1002 does not contain the expected text\n"
+              "       expected: 'stent migrated to the lung'\n"
+              "       actual:   'risks of angioplasty and more: a jugular stent migrated to the heart, and a programme")
     assert detail in result.output
     assert "37 passed, 4 failed, 41 case(s)" in result.output
 

@@ -23,8 +23,12 @@ def test_markdown_catalogue(tmp_path: Path) -> None:
     for rule in pack.rules:
         assert f"## {rule.id}\n" in text and rule.card.summary in text
     # conditions in plain language, evidence with verified links, value set codes, the cases
-    assert ("1. the order: procedure is 'stent' and trial link is 'none' or 'not-approved'; and either site is "
-            "'outflow', or site is 'unspecified' and vessel is 'vein'; with the patient: has MS is 'yes'.") in text
+    assert ("1. the order: procedure is a stent placement (`stent`) and trial link is no linked research study "
+            "(`none`) or a linked study that is not active or approved (e.g. withdrawn) (`not-approved`); and "
+            "either site is a cerebrospinal outflow vein (internal jugular, azygos, hemiazygos or vertebral vein) "
+            "(`outflow`), or site is not named (no vessel given in the order) (`unspecified`) and vessel is a vein "
+            "(`vein`); with the patient: has MS is yes: an MS diagnosis on record (not refuted or entered in "
+            "error) (`yes`).") in text
     assert "[Siddiqui 2014, PREMiSe RCT](https://pubmed.ncbi.nlm.nih.gov/24975855/)" in text
     assert "| SNOMED CT | 12123001 | Internal jugular vein |" in text
     assert "| silent - iliac vein stent for another venous disease | ../../fhir_examples/negative-iliac-vein-stent.json | no card |" in text
@@ -38,7 +42,7 @@ def test_html_catalogue_escapes_and_links(tmp_path: Path) -> None:
     assert html.startswith("<!doctype html>")
     assert '<section id="venous-stent-ms">' in html
     assert '<a href="https://pubmed.ncbi.nlm.nih.gov/29150995/">Zamboni 2018, Brave Dreams RCT</a>' in html
-    assert "{{ cite(&#39;samson-2010&#39;) }}" in html  # template source shown escaped, not executed
+    assert "cite(" not in html and "{%" not in html  # cards are shown rendered, never as template source
     assert '<h3 id="vs-cerebrospinal-outflow-veins">' in html
 
 

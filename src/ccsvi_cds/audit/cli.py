@@ -121,6 +121,9 @@ def audit(inputs: tuple[str, ...], out_dir: Path, rules_dir: Path | None, engine
             import pyspark  # noqa: F401
         except ImportError:
             raise click.ClickException("--engine spark needs PySpark: pip install 'ccsvi-cds[spark]'") from None
+    from ccsvi_cds.public_url import base_url_or_warn
+
+    base_url = base_url_or_warn(base_url, "audit")  # option, CCSVI_BASE_URL, or the config file's base_url
     opts = AuditOptions(inputs, out_dir, rules_dir or _default_rules(), engine,  # type: ignore[arg-type]
                         workers, spark_master, tuple(conf), workdir, base_url, validate)
     # SIGTERM (a scheduler stopping the job) unwinds like Ctrl-C: temporary files are removed and the

@@ -415,7 +415,7 @@ def _bad_json(exc: Exception) -> str:
     text = str(exc)
     if "depth" in text.lower():  # simdjson's DEPTH_ERROR, orjson's "depth limit exceeded": ~1,024 levels
         return "malformed JSON: nested too deeply (more than 1,024 levels)"
-    return f"malformed JSON: {text}"
+    return f"malformed JSON: {text.partition(' This is a fatal')[0].rstrip()}"  # simdjson's words: skipped
 
 
 def _ends_early(exc: BaseException) -> bool:

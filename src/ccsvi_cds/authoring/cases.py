@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from ccsvi_cds.authoring.textdiff import closest_passage
 from ccsvi_cds.evaluate import Evaluator
 from ccsvi_cds.rulepack.loader import RulePack, _validate
 from ccsvi_cds.rulepack.model import ID_PATTERN, Indicator
@@ -234,7 +235,8 @@ def _compare(expected: Sequence[Any], actual: list[tuple[CardKey, str]]) -> tupl
         lines.append((key, "  " + _fmt(key)))
         for text in card.detail_includes:
             if text not in detail:
-                notes.append(f"detail of {key[0]} on {key[2]} does not contain {text!r}")
+                notes.append(f"detail of {key[0]} on {key[2]} does not contain the expected text\n"
+                             f"       expected: {text!r}\n       actual:   {closest_passage(text, detail)!r}")
     for card in expected:
         if id(card) not in matched:
             key = (card.rule, card.indicator, card.order or "(any order)")

@@ -12,9 +12,11 @@ from pathlib import Path
 import click
 import orjson
 
-DEFAULT_DIR = Path("rules")
-pack_dir = click.argument("directory", required=False, default=DEFAULT_DIR,
+from ccsvi_cds.bundled import bundled_rules_dir
+
+pack_dir = click.argument("directory", required=False, default=bundled_rules_dir,
                           type=click.Path(file_okay=False, path_type=Path))
+"""DIRECTORY: the rule pack folder; default: the pack bundled with ccsvi-cds (in a checkout: rules/)."""
 
 
 @click.group()
@@ -51,13 +53,16 @@ def test(directory: Path, verbose: bool, name_filter: str | None) -> None:
     Fails on a failing case, a rule no case fires, or a rule without a case in which it stays silent.
     """
     from ccsvi_cds.authoring.cases import format_report, load_cases, run_cases
-    from ccsvi_cds.rulepack import PackError, load_pack
+    from ccsvi_cds.authoring.lint import lint_pack
 
-    try:
-        pack = load_pack(directory)
-    except PackError as exc:
-        click.echo(str(exc), err=True)
+    # lint first: a pack that loads can still fail at evaluation (e.g. cite() of an unknown id); the author
+    # sees the root cause at its file:line instead of a traceback or a cascade of failing cases
+    linted = lint_pack(directory, run_case_inputs=False)
+    if linted.pack is None or linted.errors:
+        click.echo(f"rule pack has {len(linted.errors)} problem(s):", err=True)
+        click.echo("\n".join(str(p) for p in linted.errors), err=True)
         sys.exit(1)
+    pack = linted.pack
     cases, problems = load_cases(directory, pack)
     for p in problems:
         click.echo(str(p), err=True)
@@ -88,7 +93,10 @@ def docs(directory: Path, out: Path, fmt: str | None) -> None:
         click.echo(str(exc), err=True)
         sys.exit(1)
     fmt = fmt or ("md" if out.suffix.lower() in (".md", ".markdown") else "html")
-    write_catalogue(pack, out, fmt)
+    from ccsvi_cds.evaluate import DEFAULT_BASE_URL
+    from ccsvi_cds.public_url import configured_base_url
+
+    write_catalogue(pack, out, fmt, configured_base_url(None) or DEFAULT_BASE_URL)
     click.echo(f"wrote {out} ({fmt}, {len(pack.rules)} rules)")
 
 

@@ -19,7 +19,7 @@ from ccsvi_cds.authoring.render_check import check_rendering
 from ccsvi_cds.authoring.template_check import check_templates
 from ccsvi_cds.authoring.valueset_check import check_valuesets
 from ccsvi_cds.rulepack.loader import VALUESETS, RulePack, check_pack
-from ccsvi_cds.rulepack.source import Problem, SourceDoc
+from ccsvi_cds.rulepack.source import Problem, SourceDoc, SourceError, read_doc, root_causes
 
 KNOWN_SYSTEMS: dict[str, str] = {
     "http://snomed.info/sct": "SNOMED CT",
@@ -104,7 +104,7 @@ def lint_pack(root: Path | str, *, run_case_inputs: bool = True) -> LintResult:
     root = Path(root)
     pack, problems = check_pack(root)
     if pack is None:
-        return LintResult(None, sorted(set(problems)))
+        return LintResult(None, sorted(set(root_causes(problems))))
     docs = pack.rule_files
     problems += check_codes(pack)
     problems += check_unused_valuesets(pack)
@@ -116,11 +116,25 @@ def lint_pack(root: Path | str, *, run_case_inputs: bool = True) -> LintResult:
             problems += check_reachability(pack, rule, doc)
             problems += check_card_figures(pack, rule, doc)
     cases, case_problems = load_cases(root, pack)
-    problems += case_problems
+    broken = _rule_ids_of({p.file for p in problems if p.severity == "error"})  # consequences are noise
+    problems += [p for p in case_problems if not any(p.message == f"unknown rule id '{i}'" for i in broken)]
     problems += check_rendering(pack, cases, problems)  # cards render with the cases' and synthetic facts
     if run_case_inputs and not any(p.severity == "error" for p in problems):
         problems += check_case_coverage(pack, cases, docs)
-    return LintResult(pack, sorted(set(problems)))
+    return LintResult(pack, sorted(set(root_causes(problems))))
+
+
+def _rule_ids_of(files: set[str]) -> set[str]:
+    """The `id` of each rule file among `files` that can still be read (it failed validation, not parsing)."""
+    ids = set()
+    for name in files:
+        try:
+            data = read_doc(Path(name), name).data
+        except SourceError:
+            continue
+        if isinstance(data, dict) and isinstance(data.get("id"), str):
+            ids.add(data["id"])
+    return ids
 
 
 def format_problems(result: LintResult) -> str:

@@ -8,7 +8,9 @@ ruamel is about a hundred times slower, and every process that loads the pack pa
 
 from __future__ import annotations
 
+import difflib
 import json
+import re
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -119,3 +121,33 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     if len(set(keys)) != len(keys):
         raise ValueError("duplicate key")
     return dict(pairs)
+
+
+_MISSING = re.compile(r"missing field '([^']+)'")
+_UNKNOWN = re.compile(r"unknown field '([^']+)'")
+
+
+def root_causes(problems: list[Problem]) -> list[Problem]:
+    """One typo, one problem: a misspelt key is both an unknown field and a missing one; keep the typo's.
+
+    ('sumary' beside a missing 'card.summary' becomes "unknown field 'sumary': did you mean 'summary'?",
+    at the line of the typo.)
+    """
+    out = list(problems)
+    for unknown in problems:
+        typo = _UNKNOWN.match(unknown.message)
+        if typo is None:
+            continue
+        for missing in problems:
+            wanted = _MISSING.match(missing.message)
+            if wanted is None or missing.file != unknown.file or missing not in out:
+                continue
+            name = wanted.group(1).rpartition(".")[2]
+            if difflib.SequenceMatcher(None, typo.group(1), name).ratio() >= 0.75:
+                out.remove(missing)
+                out[out.index(unknown)] = Problem(
+                    unknown.file, unknown.line, unknown.column,
+                    f"unknown field '{typo.group(1)}': did you mean '{name}'?",
+                    f"rename it to '{name}' ({wanted.group(1)} is required)")
+                break
+    return out

@@ -27,9 +27,10 @@ CONFIG_FILE_ENV = "CCSVI_CONFIG_FILE"
 
 
 def default_rules_dir() -> Path:
-    """The rule pack bundled with the source tree (`rules/` beside `src/`), else `./rules`."""
-    bundled = Path(__file__).resolve().parents[3] / "rules"
-    return bundled if bundled.is_dir() else Path("rules")
+    """The rule pack shipped inside the package (works from any directory, installed or not)."""
+    from ccsvi_cds.bundled import bundled_rules_dir
+
+    return bundled_rules_dir()
 
 
 def _split_list(value: Any) -> Any:
