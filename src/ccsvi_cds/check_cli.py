@@ -14,7 +14,7 @@ from ccsvi_cds.bundled import bundled_rules_dir
 from ccsvi_cds.evaluate import Evaluation, Evaluator
 from ccsvi_cds.facts import validate as fhir_validate
 from ccsvi_cds.facts.issues import IssueKind
-from ccsvi_cds.facts.records import flatten, is_hook_request, request_items
+from ccsvi_cds.facts.records import document_items, flatten, is_hook_request
 from ccsvi_cds.public_url import base_url_or_warn
 from ccsvi_cds.rulepack import PackError, load_pack
 
@@ -51,8 +51,7 @@ def evaluate_file(evaluator: Evaluator, path: Path) -> Evaluation:
 
 def validation_note(path: Path, data: Any, result: Evaluation) -> str:
     """What `--validate` checked in one file: how many resources of which types, against which models."""
-    given = request_items(data) if is_hook_request(data) else data if isinstance(data, list) else [data]
-    located = flatten(given)[0]
+    located = flatten(document_items(data, "" if isinstance(data, list) else str(data.get("resourceType"))))[0]
     checked = [r for r in located if r.resource.get("resourceType") in fhir_validate._MODULES]
     by_type = Counter(str(r.resource["resourceType"]) for r in checked)
     invalid_paths = {i.path for i in result.issues if i.kind is IssueKind.INVALID_FHIR}

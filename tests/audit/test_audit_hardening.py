@@ -412,7 +412,7 @@ def _run_with_stderr_on_a_terminal(args: list[str]) -> tuple[int, str, str]:
 
 def test_progress_shows_counts_rate_and_time_left_on_a_terminal_only(tmp_path: Path, rules_dir: Path,
                                                                        small_export: Path) -> None:
-    args = ["audit", str(small_export), "--rules", str(rules_dir), "--workers", "1"]
+    args = ["audit", str(small_export), "--rules", str(rules_dir), "--workers", "1", "--base-url", "https://cds.example.org"]
     rc, stdout, terminal = _run_with_stderr_on_a_terminal([*args, "--out", str(tmp_path / "tty")])
     assert rc == 0, terminal
     assert "read" in terminal and "evaluate" in terminal

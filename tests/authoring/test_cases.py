@@ -48,7 +48,7 @@ def test_failing_case_shows_a_card_diff(pack_dir: Path) -> None:
     detail = (f"FAIL {cases_file}:{line}:{col + 2} [venous-stent-ms] azygos stent, secondary progressive MS\n"
               "     detail of venous-stent-ms on ServiceRequest/sr-1002 does not contain the expected text\n"
               "       expected: 'stent migrated to the lung'\n"
-              "       actual:   'risks of angioplasty and more: a jugular stent migrated to the heart, and a programme")
+              "       actual:   'A jugular stent migrated to the heart, and a programme stopped stenting after a death")
     assert detail in result.output
     assert "37 passed, 4 failed, 41 case(s)" in result.output
 

@@ -67,7 +67,8 @@ def test_every_firing_case_shows_its_card_rendered(page: Any) -> None:
     expected = _expected_cards()
     assert len(expected) >= 8  # every rule fires in at least one case
     for rule, case, card in expected:
-        box = page.locator(f'section#{rule} .card[data-case="{case}"]')
+        quoted = case.replace("\\", "\\\\").replace('"', '\\"')  # a CSS string: case names may hold quotes
+        box = page.locator(f'section#{rule} .card[data-case="{quoted}"]')
         assert box.count() == 1, (rule, case)
         assert box.locator(".summary strong").inner_text() == card["summary"]
         detail = box.locator(".detail")

@@ -115,7 +115,7 @@ def test_check(scenario: Scenario, evaluator: Evaluator, tmp_path: Path) -> None
     path.write_text(json.dumps(scenario.data))
     result = CliRunner().invoke(check, [str(path), "--rules", str(RULES), "--format", "json"])
     assert result.exit_code == 0, result.output
-    assert from_cards(json.loads(result.output)["cards"], evaluator.pack) == reference(evaluator, scenario)
+    assert from_cards(json.loads(result.stdout)["cards"], evaluator.pack) == reference(evaluator, scenario)
 
 
 # ----------------------------------------------------------------------------------------------- service

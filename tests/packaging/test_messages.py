@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -40,13 +41,15 @@ def _error_lines(text: str) -> list[str]:
     return [line for line in text.splitlines() if ": error: " in line]
 
 
-@pytest.mark.parametrize(("old", "new", "expected"), [
-    ("      fact: patient\n", "      fact: patinet\n", f"rules/{RULE}:19:7: error: when.0.patient.fact: 'patinet'"),
-    ("  summary:", "  sumary:", f"rules/{RULE}:28:3: error: unknown field 'sumary': did you mean 'summary'?"),
-    ("cite('samson-2010')", "cite('samson-2011')", f"rules/{RULE}:32:51: error: unknown evidence id 'samson-2011'"),
+@pytest.mark.parametrize(("old", "new", "token", "message"), [
+    ("      fact: patient\n", "      fact: patinet\n", "fact: patinet", "when.0.patient.fact: 'patinet'"),
+    ("  summary:", "  sumary:", "sumary:", "unknown field 'sumary': did you mean 'summary'?"),
+    ("cite('samson-2010')", "cite('samson-2011')", "samson-2011", "unknown evidence id 'samson-2011'"),
 ])
-def test_one_typo_gives_one_error_in_lint_and_test(project: Path, old: str, new: str, expected: str) -> None:
+def test_one_typo_gives_one_error_in_lint_and_test(project: Path, old: str, new: str, token: str, message: str) -> None:
     _edit(project / "rules" / RULE, old, new)
+    line, text = next((i, t) for i, t in enumerate((project / "rules" / RULE).read_text().splitlines(), 1) if token in t)
+    expected = f"rules/{RULE}:{line}:{text.index(token) + 1}: error: {message}"
     lint = _cli(["rules", "lint", "rules"], project)
     assert lint.returncode == 1
     assert len(_error_lines(lint.stdout)) == 1 and _error_lines(lint.stdout)[0].startswith(expected), lint.stdout
@@ -62,8 +65,8 @@ def test_a_failing_case_shows_the_actual_text_beside_the_expected(project: Path)
     lines = test.stdout.splitlines()
     at = next(i for i, line in enumerate(lines) if "does not contain the expected text" in line)
     assert lines[at + 1].strip() == "expected: 'Progressive  MS'"
-    assert lines[at + 2].strip().startswith("actual:   '- **Progressive MS:** no benefit")
-    assert "24 passed, 1 failed, 25 case(s)" in lines
+    assert lines[at + 2].strip().startswith("actual:   '- **Progressive MS:**")
+    assert any(re.fullmatch(r"\d+ passed, 1 failed, \d+ case\(s\)", line) for line in lines)
 
 
 def test_errors_ndjson_never_calls_a_skipped_record_fatal(tmp_path: Path) -> None:

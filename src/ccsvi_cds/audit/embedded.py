@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -42,6 +42,10 @@ from .partition import (
 from .parts import EngineResult, write_part
 from .sources import BadRecord, InputFile, ReadTask, line_offsets, read_task
 
+if TYPE_CHECKING:
+    from ccsvi_cds.evaluate import Evaluator
+    from ccsvi_cds.rulepack import RulePack
+
 
 @dataclass(frozen=True)
 class _Config:
@@ -58,10 +62,10 @@ class _Config:
 
 
 _CFG: _Config | None = None
-_EVALUATOR: Any = None
+_EVALUATOR: Evaluator | None = None
 _SIDE: SideTables | None = None
 _OFFSETS: dict[int, int] | None = None
-_PARENT_PACK: Any = None  # the RulePack the parent loaded; workers inherit it through fork
+_PARENT_PACK: RulePack | None = None  # the RulePack the parent loaded; workers inherit it through fork
 
 
 def _die_with_parent(parent: int) -> None:
@@ -88,7 +92,7 @@ def _init(cfg: _Config) -> None:
     _CFG, _EVALUATOR, _SIDE, _OFFSETS = cfg, None, None, None
 
 
-def worker_evaluator(cfg: _Config) -> Any:
+def worker_evaluator(cfg: _Config) -> Evaluator:
     """Build this process's Evaluator once (never in a parent before a fork: the engine handle is local)."""
     global _EVALUATOR
     if _EVALUATOR is None:
@@ -229,7 +233,7 @@ def _drain(pool: ProcessPoolExecutor, jobs: Iterable[tuple[Callable[..., Any], t
 
 def run_embedded(files: Sequence[InputFile], tasks: Iterable[ReadTask], rules_dir: Path, workdir: Path,
                  workers: int | None = None, progress: Progress | None = None,
-                 base_url: str | None = None, digest: str | None = None, pack: Any = None,
+                 base_url: str | None = None, digest: str | None = None, pack: RulePack | None = None,
                  on_started: Callable[[], None] | None = None, validate: bool = False) -> EngineResult:
     """Run the audit on a local process pool; returns counts and sorted part files under ``workdir``.
 

@@ -14,7 +14,7 @@ import sys
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ccsvi_cds.facts.requirements import data_requirements
 from ccsvi_cds.rulepack import load_pack
@@ -25,10 +25,14 @@ from .partition import Routing, Row, choose_shards, estimated_bytes
 from .parts import EngineResult
 from .sources import InputFile, ReadTask
 
-_EVALUATORS: dict[str, Any] = {}
+if TYPE_CHECKING:
+    from ccsvi_cds.evaluate import Evaluator
+    from ccsvi_cds.rulepack import RulePack
+
+_EVALUATORS: dict[str, Evaluator] = {}
 
 
-def _evaluator(pack_b: Any, rules_dir: str, digest: str | None, base_url: str | None, validate: bool) -> Any:
+def _evaluator(pack_b: Any, rules_dir: str, digest: str | None, base_url: str | None, validate: bool) -> Evaluator:
     """One Evaluator per Python worker process, built there on first use from the broadcast rule pack (plain
     data: executors need the ccsvi_cds package, not the rules folder)."""
     key = f"{rules_dir}|{digest}|{base_url}|{validate}"
@@ -113,7 +117,7 @@ def session(master: str | None = None, conf: Sequence[tuple[str, str]] = ()) -> 
 def run_spark(files: Sequence[InputFile], tasks: Sequence[ReadTask], rules_dir: Path, workdir: Path,
               master: str | None = None, conf: Sequence[tuple[str, str]] = (),
               base_url: str | None = None, digest: str | None = None, validate: bool = False,
-              pack: Any = None) -> EngineResult:
+              pack: RulePack | None = None) -> EngineResult:
     """Run the audit on Spark; returns counts and the sorted parts (written by the driver under ``workdir``)."""
     from pyspark import StorageLevel
 

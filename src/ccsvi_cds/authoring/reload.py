@@ -15,11 +15,14 @@ import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from ccsvi_cds.authoring.cases import is_case_problem
 from ccsvi_cds.authoring.lint import LintResult, lint_pack
 from ccsvi_cds.rulepack.loader import RulePack
+
+if TYPE_CHECKING:
+    from ccsvi_cds.service.state import ActiveRules
 
 log = logging.getLogger("ccsvi_cds.service")
 
@@ -28,9 +31,9 @@ class RuleHolder(Protocol):
     """What the reloader needs of the service's state (ccsvi_cds.service.state.RuleState)."""
 
     @property
-    def current(self) -> Any: ...  # has .pack
+    def current(self) -> ActiveRules: ...
 
-    def swap(self, pack: Any) -> Any: ...  # builds the Evaluator, then makes it active atomically
+    def swap(self, pack: RulePack) -> ActiveRules: ...  # builds the Evaluator, then makes it active atomically
 
 
 @dataclass(frozen=True)

@@ -300,9 +300,16 @@ def read_document(data: Any, origin: str, types: Collection[str],
     """A JSON document as users hand it over: a CDS Hooks request, a FHIR resource or Bundle, or a list."""
     if is_hook_request(data):
         return read_request(data, types, check)
+    return read_records(document_items(data, origin), types, check=check)
+
+
+def document_items(data: Any, origin: str) -> list[Located]:
+    """The resources of a JSON document, located as every surface reports them."""
+    if is_hook_request(data):
+        return request_items(data)
     if isinstance(data, list):
-        return read_records([Located(f"{origin}[{i}]", r) for i, r in enumerate(data)], types, check=check)
-    return read_records([Located(origin, data)], types, check=check)
+        return [Located(f"{origin}[{i}]", r) for i, r in enumerate(data)]
+    return [Located(origin, data)]
 
 
 def unresolved(records: Records, wanted: Collection[str]) -> list[Ref]:

@@ -14,15 +14,19 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ccsvi_cds.evaluate import Evaluator
+    from ccsvi_cds.rulepack import RulePack
 
 log = logging.getLogger("ccsvi_cds.service")
 
 
 @dataclass(frozen=True)
 class ActiveRules:
-    pack: Any  # ccsvi_cds.rulepack.RulePack
-    evaluator: Any  # ccsvi_cds.evaluate.Evaluator
+    pack: RulePack
+    evaluator: Evaluator
     loaded_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     @cached_property
@@ -74,7 +78,7 @@ class RuleState:
     def loaded(self) -> bool:
         return self._active is not None
 
-    def swap(self, pack: Any) -> ActiveRules:
+    def swap(self, pack: RulePack) -> ActiveRules:
         """Compile `pack` into a new Evaluator, then make it the active one; returns the new state.
 
         If compiling fails, the running pack stays active and the error propagates.
