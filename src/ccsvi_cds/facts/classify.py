@@ -8,9 +8,12 @@ the `.text` of the concepts plus the displays of codings no value set of the pac
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from functools import partial
 
 from ccsvi_cds.facts.fhir import Coded, Coding
+from ccsvi_cds.facts.mentions import TextReader
 from ccsvi_cds.rulepack.loader import RulePack
 
 CACHE_SIZE = 50_000
@@ -22,6 +25,7 @@ class CompiledClassifier:
     by_code: tuple[tuple[str, frozenset[Coding]], ...]
     text_values: tuple[str, ...]  # value of each named group g0, g1, ... in priority order
     text_pattern: re.Pattern[str] | None  # one alternation: a single scan of the text finds every entry
+    mentions: Callable[[str], frozenset[int]] | None = None  # entries a text mentions in context (mentions.py)
 
     def classify(self, coded: Coded, known: frozenset[Coding]) -> str:
         codes = [c for c, _ in coded.codings]
@@ -30,12 +34,8 @@ class CompiledClassifier:
                 if any(c in members for c in codes):
                     return value
         texts = coded.texts + [display for c, display in coded.codings if display and c not in known]
-        if texts and self.text_pattern is not None:
-            best = len(self.text_values)
-            for m in self.text_pattern.finditer("\n".join(texts)):
-                best = min(best, int(m.lastgroup[1:]))  # type: ignore[index]
-                if best == 0:
-                    break
+        if texts and self.text_pattern is not None and self.mentions is not None:
+            best = min((i for text in texts for i in self.mentions(text)), default=len(self.text_values))
             if best < len(self.text_values):
                 return self.text_values[best]
         return self.default
@@ -74,5 +74,8 @@ def compile_classifiers(pack: RulePack) -> Classifiers:
         )
         pattern = re.compile(alternation, re.IGNORECASE) if texts else None
         compiled[name] = CompiledClassifier(spec.default, by_code, tuple(e.value for e in texts), pattern)
+    reader = TextReader({n: c.text_pattern for n, c in compiled.items() if c.text_pattern},
+                        pack.manifest.text_context)
+    compiled = {n: replace(c, mentions=partial(reader.usable, n)) for n, c in compiled.items()}
     known = frozenset(c for vs in pack.valuesets.values() for c in vs.codes)
     return Classifiers(compiled, known)
