@@ -148,7 +148,8 @@ class TextReader:
         self.ignore: dict[str, frozenset[str]] = {
             name: frozenset(ctx.ignore) | frozenset(ctx.ignore_also.get(name, ()))  # type: ignore[call-overload]
             for name in self.targets} if ctx else {}
-        self.triggers = trigger_pattern(self.rules, set().union(*self.ignore.values())) if ctx else None
+        excluding = set(ctx.ignore).union(*ctx.ignore_also.values()) if ctx else set()
+        self.triggers = trigger_pattern(self.rules, excluding) if ctx else None
         abbreviations = {k.lower(): v.lower() for k, v in (ctx.abbreviations if ctx else {}).items()}
         self.abbreviations = abbreviations
         self.abbreviation = re.compile("|".join(_word(a) for a in sorted(abbreviations, key=len, reverse=True))
