@@ -17,7 +17,7 @@ import importlib.util
 import re
 import threading
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -73,7 +73,7 @@ def _word(value: str) -> str:
     return rf"(?<![a-z0-9]){phrase}(?![a-z0-9])"
 
 
-def trigger_pattern(rules: list[ContextRuleDict], categories: set[str]) -> re.Pattern[str]:
+def trigger_pattern(rules: list[ContextRuleDict], categories: Collection[str]) -> re.Pattern[str]:
     """A regex that occurs in every text where one of `rules` of these `categories` could match.
 
     A literal rule must occur as words; a token-pattern rule needs its first required token. A pattern this
@@ -148,7 +148,7 @@ class TextReader:
         self.ignore: dict[str, frozenset[str]] = {
             name: frozenset(ctx.ignore) | frozenset(ctx.ignore_also.get(name, ()))  # type: ignore[call-overload]
             for name in self.targets} if ctx else {}
-        excluding = set(ctx.ignore).union(*ctx.ignore_also.values()) if ctx else set()
+        excluding: set[str] = set(ctx.ignore).union(*ctx.ignore_also.values()) if ctx else set()
         self.triggers = trigger_pattern(self.rules, excluding) if ctx else None
         abbreviations = {k.lower(): v.lower() for k, v in (ctx.abbreviations if ctx else {}).items()}
         self.abbreviations = abbreviations
