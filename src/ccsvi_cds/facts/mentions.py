@@ -155,6 +155,11 @@ class TextReader:
         self.abbreviation = re.compile("|".join(_word(a) for a in sorted(abbreviations, key=len, reverse=True))
                                        ) if abbreviations else None
 
+    def warm(self) -> None:
+        """Import spaCy and build the pipeline now (a service start-up), not on the first text that needs it."""
+        if self.context is not None:
+            pipeline(self.rules)
+
     def normalise(self, text: str) -> str:
         """Case, spacing, dashes and quotes, contractions, then the pack's abbreviations spelt out."""
         text = _DASHES.sub("-", unicodedata.normalize("NFKC", text)).translate(_QUOTES).lower()
