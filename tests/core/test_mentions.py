@@ -98,6 +98,7 @@ def test_normalise_folds_case_spacing_dashes_and_abbreviations(pack):
     assert reader.normalise("didn\u2019t rule out MS; cannot exclude") == (
         "did not rule out multiple sclerosis; can not exclude")
     assert reader.normalise("msk pain, mss") == "msk pain, mss"  # whole words only
+    assert reader.normalise("S / P jugular stent") == "status post jugular stent"
 
 
 def test_targets_come_from_the_pack_patterns(pack):
@@ -170,6 +171,8 @@ def test_an_unreadable_token_pattern_makes_the_prefilter_match_everything():
               "pattern": [{"REGEX": "^od+$"}]}]
     assert trigger_pattern(rules, {"NEGATED_EXISTENCE"}).search("anything")
     assert not trigger_pattern(rules, {"FAMILY"}).search("anything")
+    excluded_first = [{"literal": "x", "category": "FAMILY", "pattern": [{"LOWER": "no", "OP": "!"}, {"LOWER": "kin"}]}]
+    assert trigger_pattern(excluded_first, {"FAMILY"}).search("next of kin")  # "!" is no required value
 
 
 def test_reading_text_writes_nothing_to_stdout_or_stderr(pack, capfd):

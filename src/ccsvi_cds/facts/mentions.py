@@ -89,7 +89,7 @@ def trigger_pattern(rules: list[ContextRuleDict], categories: Collection[str]) -
             continue
         if not isinstance(pattern, list):
             return re.compile("")  # a regex pattern: no cheap superset
-        required = next((t for t in pattern if isinstance(t, dict) and t.get("OP") not in ("?", "*")), None)
+        required = next((t for t in pattern if isinstance(t, dict) and t.get("OP") in (None, "+")), None)
         value = next((required[k] for k in ("LOWER", "ORTH", "TEXT") if required and k in required), None)
         if isinstance(value, dict) and isinstance(value.get("IN"), list):
             words.update(_word(str(v)) for v in value["IN"])
@@ -150,10 +150,11 @@ class TextReader:
             for name in self.targets} if ctx else {}
         excluding: set[str] = set(ctx.ignore).union(*ctx.ignore_also.values()) if ctx else set()
         self.triggers = trigger_pattern(self.rules, excluding) if ctx else None
-        abbreviations = {k.lower(): v.lower() for k, v in (ctx.abbreviations if ctx else {}).items()}
+        abbreviations = {_SPACES.sub("", k.lower()): v.lower() for k, v in (ctx.abbreviations if ctx else {}).items()}
         self.abbreviations = abbreviations
         self.abbreviation = re.compile("|".join(_word(a) for a in sorted(abbreviations, key=len, reverse=True))
                                        ) if abbreviations else None
+        self.nlp: Language | None = None
 
     def warm(self) -> None:
         """Import spaCy and build the pipeline now (a service start-up), not on the first text that needs it."""
@@ -166,7 +167,7 @@ class TextReader:
         for pattern, spelt in _CONTRACTIONS:
             text = pattern.sub(spelt, text)
         if self.abbreviation is not None:
-            text = self.abbreviation.sub(lambda m: self.abbreviations[_SPACES.sub(" ", m.group(0))], text)
+            text = self.abbreviation.sub(lambda m: self.abbreviations[_SPACES.sub("", m.group(0))], text)
         return _SPACES.sub(" ", text).strip()
 
     def usable(self, target: str, text: str) -> frozenset[int]:
@@ -194,7 +195,7 @@ class TextReader:
         return tuple(Mention(name, i, s, e, categories[(s, e)]) for name, i, s, e in hits)
 
     def _context(self, text: str, spans: list[tuple[int, int]]) -> dict[tuple[int, int], frozenset[str]]:
-        nlp = pipeline(self.rules)
+        nlp = self.nlp = self.nlp or pipeline(self.rules)
         doc = nlp.make_doc(text)
         doc.spans[SPAN_GROUP] = [doc.char_span(s, e, label="target", alignment_mode="expand") or doc[0:0]
                                  for s, e in spans]  # expand: never None for a non-empty range
