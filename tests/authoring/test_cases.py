@@ -48,7 +48,7 @@ def test_failing_case_shows_a_card_diff(pack_dir: Path) -> None:
     detail = (f"FAIL {cases_file}:{line}:{col + 2} [venous-stent-ms] azygos stent, secondary progressive MS\n"
               "     detail of venous-stent-ms on ServiceRequest/sr-1002 does not contain 'stent migrated to the lung'\n")
     assert detail in result.output
-    assert "23 passed, 2 failed, 25 case(s)" in result.output
+    assert "28 passed, 2 failed, 30 case(s)" in result.output
 
 
 def test_missing_and_unexpected_cards_side_by_side(pack_dir: Path) -> None:
@@ -92,7 +92,7 @@ def test_expected_input_issues_are_checked(pack_dir: Path) -> None:
         "    expect: {cards: []}\n")
     pack = load_pack(pack_dir)
     cases, problems = load_cases(pack_dir, pack)
-    assert [p.severity for p in problems] == ["warning"]  # the file name differs from the rule id
+    assert problems == []  # a file named for a topic (not for another rule) may hold a rule's cases
     extra = [c for c in cases if c.file.endswith("extra.yaml")]
     (result,) = run_cases(pack, extra).results
     assert not result.passed
