@@ -17,7 +17,6 @@ from durable import engine as durable
 
 from ccsvi_cds.engine.session import END_KIND, END_RULE
 from ccsvi_cds.evaluate import Evaluator
-from ccsvi_cds.facts.hookrequest import resources_from_hook_request
 from ccsvi_cds.rulepack import load_pack
 from ccsvi_cds.rulepack.compiler import compile_rules
 
@@ -70,21 +69,13 @@ def main() -> None:
     validating = Evaluator(pack, validate=True)
 
     def full(ev: Evaluator = evaluator) -> object:
-        request = orjson.loads(body)
-        located, targets = resources_from_hook_request(request)
-        result = ev.evaluate(located, targets, default_patient=request["context"]["patientId"])
+        result = ev.evaluate_request(orjson.loads(body))
         assert len(result.cards) == 1
         return orjson.dumps({"cards": result.cards})
 
     # the facts the evaluator asserts for this request, to drive the raw engine with identical work
-    from ccsvi_cds.facts.classify import compile_classifiers
-    from ccsvi_cds.facts.extract import group_by_patient, project_group
-    from ccsvi_cds.facts.fhir import flatten
-
-    located, aliases = flatten(resources_from_hook_request(orjson.loads(body))[0])
-    groups, shared = group_by_patient(located, aliases, "Patient/pt-3001", [])
-    group = next(iter(groups.values()))
-    project_group(group, shared, aliases, compile_classifiers(pack), pack.manifest.trial, None, [])
+    records = evaluator.read_request(orjson.loads(body))
+    group = evaluator._project.project(records, next(iter(records.patients.values())), [])
 
     fns: dict[str, Callable[[], object]] = {
         "parse (orjson)": lambda: orjson.loads(body),

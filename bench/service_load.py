@@ -245,15 +245,13 @@ def wrk_run(wrk: str, server: Server, lua: Path, body: Path, rate: int | None, s
 def in_process_costs(body: bytes) -> dict[str, float]:
     """Per-request evaluation cost and per-resource full-validation cost, without HTTP."""
     from ccsvi_cds.evaluate import Evaluator
-    from ccsvi_cds.facts.fhir import flatten
-    from ccsvi_cds.facts.hookrequest import resources_from_hook_request
+    from ccsvi_cds.facts.records import flatten, request_items
     from ccsvi_cds.facts.validate import validation_errors
     from ccsvi_cds.rulepack import load_pack
 
     req = json.loads(body)
     pack = load_pack(ROOT / "rules")
-    located, targets = resources_from_hook_request(req)
-    resources = [item.resource for item in flatten(located)[0]]
+    resources = [item.resource for item in flatten(request_items(req))[0]]
 
     def per_call(fn: Any, n: int) -> float:
         for _ in range(min(n, 50)):
@@ -265,9 +263,9 @@ def in_process_costs(body: bytes) -> dict[str, float]:
 
     plain, validating = Evaluator(pack), Evaluator(pack, validate=True)
     return {
-        "evaluate_ms": round(per_call(lambda: plain.evaluate(located, targets, default_patient="x"), 2000), 3),
+        "evaluate_ms": round(per_call(lambda: plain.evaluate_request(req), 2000), 3),
         "evaluate_with_validation_ms": round(
-            per_call(lambda: validating.evaluate(located, targets, default_patient="x"), 500), 3),
+            per_call(lambda: validating.evaluate_request(req), 500), 3),
         "validation_ms_per_resource": round(
             per_call(lambda: [validation_errors(r, "r") for r in resources], 300) / len(resources), 3),
         "resources_per_request": len(resources),

@@ -10,7 +10,7 @@ import click
 import orjson
 
 from ccsvi_cds.evaluate import Evaluation, Evaluator
-from ccsvi_cds.facts.hookrequest import is_hook_request
+from ccsvi_cds.facts.records import is_hook_request
 from ccsvi_cds.rulepack import PackError, load_pack
 
 DEFAULT_RULES = Path("rules")
@@ -28,13 +28,16 @@ def _read_json(path: Path) -> Any:
 
 
 def evaluate_file(evaluator: Evaluator, path: Path) -> Evaluation:
-    """A CDS Hooks request (has `hook` and `context`) or FHIR JSON (a resource or a Bundle)."""
+    """A CDS Hooks request (has `hook` and `context`) or FHIR JSON (a resource, a Bundle or a list of them)."""
     data = _read_json(path)
     if is_hook_request(data):
         return evaluator.evaluate_request(data)
+    if isinstance(data, list) and data and all(isinstance(r, dict) for r in data):
+        return evaluator.evaluate_document(data, "")
     if not isinstance(data, dict) or not isinstance(data.get("resourceType"), str):
         raise click.ClickException(
-            f"{path}: neither a CDS Hooks request (hook, context) nor a FHIR resource (resourceType)"
+            f"{path}: neither a CDS Hooks request (hook, context) nor FHIR JSON (a resource with a resourceType, "
+            "or a list of them)"
         )
     return evaluator.evaluate_document(data, data["resourceType"])
 

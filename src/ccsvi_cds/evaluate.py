@@ -14,9 +14,11 @@ from typing import Any
 from ccsvi_cds.cards import CardBuilder
 from ccsvi_cds.engine import Match, RuleEngine
 from ccsvi_cds.facts.classify import compile_classifiers
-from ccsvi_cds.facts.extract import Issue, PatientGroup, group_by_patient, project_group
-from ccsvi_cds.facts.fhir import Located, Resource, ShapeError, flatten, normalize_reference
-from ccsvi_cds.facts.hookrequest import is_hook_request, resources_from_hook_request
+from ccsvi_cds.facts.extract import PatientFacts, Projector
+from ccsvi_cds.facts.fhir import Located
+from ccsvi_cds.facts.issues import Issue, IssueKind
+from ccsvi_cds.facts.records import Item, Records, is_hook_request, read_records, read_request
+from ccsvi_cds.facts.requirements import DataRequirements, data_requirements
 from ccsvi_cds.facts.validate import validation_errors
 from ccsvi_cds.rulepack.compiler import admission_filter, compile_rules, rule_id_of
 from ccsvi_cds.rulepack.loader import RulePack
@@ -24,7 +26,7 @@ from ccsvi_cds.rulepack.loader import RulePack
 DEFAULT_BASE_URL = "http://127.0.0.1:8080"
 SEVERITY = {"critical": 0, "warning": 1, "info": 2}
 
-__all__ = ["DEFAULT_BASE_URL", "Evaluation", "Evaluator", "Finding", "Issue"]
+__all__ = ["DEFAULT_BASE_URL", "Evaluation", "Evaluator", "Finding", "Issue", "IssueKind"]
 
 
 @dataclass(frozen=True)
@@ -37,10 +39,12 @@ class Finding:
     patient_ref: str | None
     evidence_ids: tuple[str, ...]
     matched: dict[str, dict[str, Any]]
-    requester: str | None
+    requester: str | None  # "Type/id"
+    requester_display: str | None
     authored_on: str | None
     status: str | None
     source_path: str
+    source: object  # the shell's handle on the order's record (see Issue.source)
     card: dict[str, Any]
 
 
@@ -61,7 +65,8 @@ class Evaluator:
     def __init__(self, pack: RulePack, *, base_url: str = DEFAULT_BASE_URL, validate: bool = False) -> None:
         self.pack = pack
         self.validate = validate
-        self._classify = compile_classifiers(pack)
+        self.requirements: DataRequirements = data_requirements(pack)
+        self._project = Projector(compile_classifiers(pack), pack.manifest.trial, pack.manifest.records)
         self._engine = RuleEngine(compile_rules(pack.rules), name=pack.name)
         self._cards = CardBuilder(pack, base_url)
         self._rules = {r.id: r for r in pack.rules}
@@ -75,11 +80,26 @@ class Evaluator:
             return False  # no rule mentions this kind of fact
         return all(fact.get(name) in allowed for name, allowed in constraints)
 
+    # --- reading input (the records core does it; these only pick the entry shape)
+
+    def read(self, resources: Iterable[Item], targets: Collection[str] | None = None, *,
+             default_patient: str | None = None) -> Records:
+        return read_records(resources, self.requirements.types, targets=targets, default_patient=default_patient,
+                            check=self._check if self.validate else None)
+
+    def read_request(self, request: Mapping[str, Any]) -> Records:
+        return read_request(request, self.requirements.types, check=self._check if self.validate else None)
+
+    @staticmethod
+    def _check(item: Located) -> list[Issue]:
+        return [Issue(path, f"invalid FHIR: {msg}", IssueKind.INVALID_FHIR, item.source)
+                for path, msg in validation_errors(item.resource, item.path)]
+
+    # --- evaluating
+
     def evaluate_request(self, request: Mapping[str, Any]) -> Evaluation:
         """A CDS Hooks request: its draft orders (order-select: the selections) with its prefetch."""
-        located, targets = resources_from_hook_request(request)
-        patient = (request.get("context") or {}).get("patientId")
-        return self.evaluate(located, targets, default_patient=patient if isinstance(patient, str) else None)
+        return self.evaluate_records(self.read_request(request))
 
     def evaluate_document(self, data: Any, origin: str) -> Evaluation:
         """A JSON document as users hand it over: a CDS Hooks request, a FHIR resource or Bundle, or a list."""
@@ -89,27 +109,15 @@ class Evaluator:
             return self.evaluate([Located(f"{origin}[{i}]", r) for i, r in enumerate(data)])
         return self.evaluate([Located(origin, data)])
 
-    def evaluate(self, resources: Iterable[Resource | Located | tuple[str, Resource]],
-                 targets: Collection[str] | None = None, *, default_patient: str | None = None) -> Evaluation:
+    def evaluate(self, resources: Iterable[Item], targets: Collection[str] | None = None, *,
+                 default_patient: str | None = None) -> Evaluation:
         """Evaluate the orders among `resources` (all ServiceRequests, or only `targets`), patient by patient."""
-        result = Evaluation()
-        try:
-            located, aliases = flatten(resources)
-        except ShapeError as exc:
-            result.issues.append(Issue(exc.path, exc.message))
-            return result
-        if self.validate:
-            located = self._validated(located, result.issues)
-        wanted = None
-        if targets is not None:
-            wanted = {normalize_reference(t, aliases) or t for t in targets}
-        default = normalize_reference(default_patient) if default_patient else None
-        if default_patient and default is None:
-            default = f"Patient/{default_patient}"
-        groups, shared = group_by_patient(located, aliases, default, result.issues)
-        for key in sorted(groups, key=lambda k: k or ""):
-            group = groups[key]
-            project_group(group, shared, aliases, self._classify, self.pack.manifest.trial, wanted, result.issues)
+        return self.evaluate_records(self.read(resources, targets, default_patient=default_patient))
+
+    def evaluate_records(self, records: Records) -> Evaluation:
+        result = Evaluation(issues=list(records.issues))
+        for key in sorted(records.patients, key=lambda k: k or ""):
+            group = self._project.project(records, records.patients[key], result.issues)
             if not group.orders:
                 continue
             result.orders_evaluated += len(group.orders)
@@ -122,16 +130,7 @@ class Evaluator:
                                             self._priority[f.rule_id], f.rule_id))
         return result
 
-    def _validated(self, located: list[Located], issues: list[Issue]) -> list[Located]:
-        kept = []
-        for item in located:
-            errors = validation_errors(item.resource, item.path)
-            issues.extend(Issue(path, f"invalid FHIR: {msg}") for path, msg in errors)
-            if not errors:
-                kept.append(item)
-        return kept
-
-    def _findings(self, group: PatientGroup, matches: list[Match]) -> list[Finding]:
+    def _findings(self, group: PatientFacts, matches: list[Match]) -> list[Finding]:
         seen: dict[tuple[str, str], Any] = {}
         for match in sorted(matches, key=lambda m: (m.rule, sorted((a, f.get("ref", "")) for a, f in m.facts.items()))):
             rule = self._rules[rule_id_of(match.rule)]
@@ -148,7 +147,8 @@ class Evaluator:
             out.append(Finding(
                 rule_id=rule.id, rule_version=rule.version, indicator=rule.indicator, summary=rule.card.summary,
                 order_ref=order_ref, patient_ref=group.patient, evidence_ids=tuple(rule.card.evidence),
-                matched=matched, requester=order.get("requester"), authored_on=order.get("authored"),
-                status=order.get("status"), source_path=located.path, card=card,
+                matched=matched, requester=order.get("requester"), requester_display=order.get("requester_display"),
+                authored_on=order.get("authored"), status=order.get("status"), source_path=located.path,
+                source=located.source, card=card,
             ))
         return out

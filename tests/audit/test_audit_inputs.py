@@ -21,7 +21,6 @@ from audit_data import (
 )
 
 from ccsvi_cds.audit import sources
-from ccsvi_cds.audit.references import normalise, patient_key, study_refs
 from ccsvi_cds.audit.run import AuditOptions, run_audit
 from ccsvi_cds.audit.sources import Record, discover, plan_tasks, read_task
 
@@ -38,31 +37,6 @@ def two_patients() -> list[dict[str, Any]]:
 
 
 # ------------------------------------------------------------------------------------------ references
-
-
-@pytest.mark.parametrize("ref", ["Patient/p1", "https://ehr.example.org/fhir/Patient/p1",
-                                 "Patient/p1/_history/3", "https://x.org/fhir/R4/Patient/p1/_history/2"])
-def test_reference_spellings_normalise_to_type_and_id(ref: str) -> None:
-    assert normalise(ref) == "Patient/p1"
-
-
-def test_urn_and_contained_references() -> None:
-    urls = {"urn:uuid:abc": "Patient/p9"}
-    assert normalise("urn:uuid:abc", urls) == "Patient/p9"
-    assert normalise("urn:uuid:other", urls) is None
-    assert normalise("#contained") is None
-    assert normalise(None) is None
-
-
-def test_patient_keys_r4_r5_and_study_links() -> None:
-    assert patient_key({"resourceType": "ResearchSubject", "individual": {"reference": "Patient/a"}}) == "Patient/a"
-    assert patient_key({"resourceType": "ResearchSubject", "subject": {"reference": "Patient/b"}}) == "Patient/b"
-    assert patient_key({"resourceType": "Patient", "id": "c"}) == "Patient/c"
-    assert patient_key({"resourceType": "Observation", "subject": {"reference": "Patient/a"}}) is None
-    sr = jugular_angioplasty("s", "Patient/a", **linked_to("st"))
-    assert study_refs(sr) == ["ResearchStudy/st"]
-    assert study_refs({"resourceType": "ResearchSubject", "study": {"reference": "ResearchStudy/x/_history/1"}}) \
-        == ["ResearchStudy/x"]
 
 
 # ------------------------------------------------------------------------------------------ input forms
@@ -294,3 +268,11 @@ def test_transaction_bundle_nested_bundle_and_r5_subject(tmp_path: Path, rules_d
     assert [(f["serviceRequest"], f["patient"], f["rule"]) for f in findings] == [
         ("ServiceRequest/sr1", "Patient/p1", "ccsvi-trial")]
     assert findings[0]["source"] == {"file": str(path), "line": None, "entry": 4}
+
+
+def test_requester_is_a_reference_or_nothing_never_its_display(tmp_path: Path, rules_dir: Path) -> None:
+    """A requester given only by display used to come out as the requester reference."""
+    sr = jugular_angioplasty("sr1", "Patient/p1", requester={"display": "Dr Display Only"})
+    path = write_ndjson(tmp_path / "in.ndjson", [patient("p1"), ms("c1", "Patient/p1"), sr])
+    _, findings, _ = audit(rules_dir, tmp_path / "out", path)
+    assert [(f["requester"], f["requesterName"]) for f in findings] == [(None, "Dr Display Only")]

@@ -8,13 +8,13 @@ import pytest
 from builders import ROOT
 
 from ccsvi_cds.evaluate import Evaluator
-from ccsvi_cds.facts.hookrequest import resources_from_hook_request
+from ccsvi_cds.facts.records import request_items
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "fhir_examples").glob("*.json")), ids=lambda p: p.name)
 def test_filter_never_changes_findings(pack, path, monkeypatch):
     data = json.loads(path.read_text())
-    resources = resources_from_hook_request(data)[0] if "context" in data else [data]
+    resources = request_items(data) if "context" in data else [data]
     filtered = Evaluator(pack).evaluate(resources)
     unfiltered_evaluator = Evaluator(pack)
     monkeypatch.setattr(unfiltered_evaluator, "_admitted", lambda fact: True)
@@ -28,6 +28,6 @@ def test_unrelated_orders_never_reach_the_engine(pack, monkeypatch):
     original = evaluator._engine.run
     monkeypatch.setattr(evaluator._engine, "run", lambda facts: seen.append(facts) or original(facts))
     request = json.loads((ROOT / "fhir_examples" / "cds-hooks-order-sign.json").read_text())
-    result = evaluator.evaluate(resources_from_hook_request(request)[0])
+    result = evaluator.evaluate(request_items(request))
     assert result.orders_evaluated == 3 and len(result.findings) == 1
     assert [f["ref"] for f in seen[0] if f["kind"] == "order"] == ["ServiceRequest/sr-3001"]

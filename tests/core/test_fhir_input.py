@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from builders import CPT, bundle, condition, order, research_subject, study
 
-from ccsvi_cds.facts.fhir import normalize_reference
+from ccsvi_cds.facts.references import normalize_reference
 
 
 @pytest.mark.parametrize(("ref", "expected"), [

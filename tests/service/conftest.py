@@ -55,3 +55,21 @@ def ec_key() -> ec.EllipticCurvePrivateKey:
 @pytest.fixture(scope="session")
 def rsa_key() -> rsa.RSAPrivateKey:
     return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+@pytest.fixture(scope="module")
+def app_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """In-process services (see inprocess.py), stopped (lifespan shutdown) after the module."""
+    from inprocess import InProcessService
+
+    started: list[InProcessService] = []
+
+    def make(env: dict[str, str] | None = None) -> InProcessService:
+        tmp = tmp_path_factory.mktemp("app")
+        svc = InProcessService({"CCSVI_DB_PATH": str(tmp / "service.sqlite3"), **(env or {})})
+        started.append(svc)
+        return svc
+
+    yield make
+    for svc in started:
+        svc.stop()

@@ -15,10 +15,19 @@ SIGN = "/cds-services/ccsvi-order-sign"
 SELECT = "/cds-services/ccsvi-order-select"
 
 
+ENV = {"CCSVI_FHIR_TIMEOUT_S": "1", "CCSVI_FHIR_MAX_PAGES": "3"}
+
+
 @pytest.fixture(scope="module")
-def svc(service_factory: Any, fhir: FakeFhir) -> Service:
-    return service_factory({"CCSVI_ALLOW_FHIR_SERVERS": fhir.fhir, "CCSVI_FHIR_TIMEOUT_S": "1",
-                            "CCSVI_FHIR_MAX_PAGES": "3"})
+def svc(app_factory: Any, fhir: FakeFhir) -> Service:
+    """Request/response logic: in process."""
+    return app_factory({"CCSVI_ALLOW_FHIR_SERVERS": fhir.fhir, **ENV})
+
+
+@pytest.fixture(scope="module")
+def real_svc(service_factory: Any, fhir: FakeFhir) -> Service:
+    """For what only a real server shows: its log."""
+    return service_factory({"CCSVI_ALLOW_FHIR_SERVERS": fhir.fhir, **ENV})
 
 
 @pytest.fixture(autouse=True)
@@ -121,10 +130,17 @@ def test_practitioner_role_user_is_accepted(svc: Service) -> None:
     assert len(cards_of(svc.post(SIGN, req))) == 1
 
 
-def test_hook_of_another_kind_gets_no_cards(svc: Service) -> None:
+@pytest.mark.parametrize("hook", ["patient-view", "order-select"])
+def test_hook_mismatch_is_a_client_error_naming_the_expected_hook(svc: Service, hook: str) -> None:
     req = p.order_sign()
-    req["hook"] = "patient-view"
-    assert cards_of(svc.post(SIGN, req)) == []
+    req["hook"] = hook
+    issues = outcome(svc.post(SIGN, req), 400)
+    assert issues[0]["expression"] == ["hook"] and "order-sign" in issues[0]["diagnostics"]
+
+
+def test_order_sign_request_posted_to_order_select_is_a_client_error(svc: Service) -> None:
+    issues = outcome(svc.post(SELECT, p.order_sign()), 400)
+    assert "order-select" in issues[0]["diagnostics"]
 
 
 # --- prefetch variants --------------------------------------------------------------------------------
@@ -145,7 +161,7 @@ def test_no_prefetch_at_all_is_fetched_with_the_bearer_token(svc: Service, fhir:
     assert sorted(searched(fhir)) == ["Condition", "Procedure", "ResearchSubject"]
     assert {r["authorization"] for r in fhir.requests} == {f"Bearer {GOOD_TOKEN}"}
     subject_search = next(r for r in fhir.requests if r["path"].endswith("ResearchSubject"))
-    assert subject_search["query"] == {"patient": p.PATIENT, "_include": "ResearchSubject:study"}
+    assert subject_search["query"] == {"patient": p.PATIENT}  # no _include: the spec's recommended subset
 
 
 def test_missing_key_is_fetched_and_only_that_one(svc: Service, fhir: FakeFhir) -> None:
@@ -236,7 +252,8 @@ def test_fhir_server_not_allowed_is_refused_without_fetching(svc: Service, fhir:
         other.close()
 
 
-def test_fhir_server_refusing_the_token_is_412(svc: Service, fhir: FakeFhir) -> None:
+def test_fhir_server_refusing_the_token_is_412(real_svc: Service, fhir: FakeFhir) -> None:
+    svc = real_svc
     req = with_server(p.order_sign(), fhir, token="tok-refused-7f3a")
     del req["prefetch"]["conditions"]
     assert "HTTP 401" in outcome(svc.post(SIGN, req), 412)[0]["diagnostics"]
@@ -298,7 +315,8 @@ def test_unrequested_prefetch_keys_are_ignored(svc: Service) -> None:
     assert len(cards_of(svc.post(SIGN, req))) == 1
 
 
-def test_hook_instance_is_logged_but_no_patient_data(svc: Service) -> None:
+def test_hook_instance_is_logged_but_no_patient_data(real_svc: Service) -> None:
+    svc = real_svc
     req = p.order_sign()
     req["hookInstance"] = str(uuid.uuid4())
     cards_of(svc.post(SIGN, req))

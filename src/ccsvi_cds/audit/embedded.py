@@ -19,10 +19,13 @@ from typing import Any
 
 import orjson
 
+from ccsvi_cds.facts.requirements import data_requirements
+from ccsvi_cds.rulepack import load_pack
+
 from .evaluator import build_evaluator
 from .join import SideTables, build_side_tables, error_line, evaluate_patient_or_report
 from .partition import (
-    NEEDED_TYPES,
+    Routing,
     SideRow,
     SpillWriter,
     choose_shards,
@@ -45,6 +48,7 @@ class _Config:
     spill_dir: Path
     parts_dir: Path
     n_shards: int
+    routing: Routing
 
 
 _CFG: _Config | None = None
@@ -78,7 +82,7 @@ class SpillResult:
     bad: Path | None  # records reported and skipped, line numbers relative to the task
 
 
-def read_and_route(files: Sequence[InputFile], task: ReadTask, on_row: Callable[[Any], None]
+def read_and_route(files: Sequence[InputFile], task: ReadTask, routing: Routing, on_row: Callable[[Any], None]
                    ) -> tuple[Counter[str], list[SideRow], list[BadRecord], int]:
     """Read one task, classify every record; rows go to ``on_row``. Shared by both engines.
 
@@ -89,8 +93,8 @@ def read_and_route(files: Sequence[InputFile], task: ReadTask, on_row: Callable[
     bad: list[BadRecord] = []
     counted: dict[str, int] = {}
     meta: dict[str, int] = {}
-    for rec in read_task(files, task, NEEDED_TYPES, counted, meta):
-        rtype, item = classify(rec)
+    for rec in read_task(files, task, routing.needed, counted, meta):
+        rtype, item = classify(rec, routing)
         if rtype is not None:
             counts[rtype] += 1
         if item is None:
@@ -108,7 +112,7 @@ def read_and_route(files: Sequence[InputFile], task: ReadTask, on_row: Callable[
 def _spill(task_index: int, task: ReadTask) -> SpillResult:
     assert _CFG is not None
     writer = SpillWriter(_CFG.spill_dir, _CFG.n_shards, task_index)
-    counts, side, bad, lines = read_and_route(_CFG.files, task, writer.add)
+    counts, side, bad, lines = read_and_route(_CFG.files, task, _CFG.routing, writer.add)
     writer.flush()
     f = _CFG.files[task.file_index]
     size = (task.end if task.end >= 0 else f.size) - task.start
@@ -202,7 +206,8 @@ def run_embedded(files: Sequence[InputFile], tasks: Iterable[ReadTask], rules_di
     spill_dir.mkdir(parents=True, exist_ok=True)
     parts_dir.mkdir(parents=True, exist_ok=True)
     n_shards = choose_shards(estimated_bytes([(f.size, f.gzip) for f in files]))
-    cfg = _Config(tuple(files), str(rules_dir), digest, base_url, validate, spill_dir, parts_dir, n_shards)
+    cfg = _Config(tuple(files), str(rules_dir), digest, base_url, validate, spill_dir, parts_dir, n_shards,
+                  Routing.of(data_requirements(pack if pack is not None else load_pack(rules_dir))))
     result = EngineResult()
     counts: Counter[str] = Counter()
     side_rows: list[tuple[int, SideRow]] = []

@@ -9,18 +9,19 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from ccsvi_cds.facts.directory import directory_entry
+from ccsvi_cds.facts.fhir import Located
+from ccsvi_cds.facts.issues import IssueKind
+from ccsvi_cds.facts.records import unresolved
+
 from .partition import Row, SideRow
-from .references import ref_of, study_refs
 
-ENTERED_IN_ERROR = "entered-in-error"
-
-
-class EvaluatorLike(Protocol):
-    def evaluate(self, resources: list[tuple[str, dict[str, Any]]], targets: Any = None) -> Any: ...
+if TYPE_CHECKING:
+    from ccsvi_cds.evaluate import Evaluator
 
 
 # ----------------------------------------------------------------------------------------- side tables
@@ -30,7 +31,7 @@ class EvaluatorLike(Protocol):
 class SideTables:
     """Non-patient resources some patients need. Few, so held whole (and broadcast to Spark executors)."""
 
-    studies: dict[str, dict[str, Any]] = field(default_factory=dict)
+    referenced: dict[str, dict[str, Any]] = field(default_factory=dict)  # "Type/id" -> resource (studies)
     names: dict[str, str] = field(default_factory=dict)  # Organization/x, Practitioner/x -> display name
     role_practitioner: dict[str, str] = field(default_factory=dict)  # PractitionerRole/x -> Practitioner/y
     organization_of: dict[str, str] = field(default_factory=dict)  # PractitionerRole/x, Practitioner/y -> Org
@@ -43,23 +44,6 @@ class SideTables:
         return cls(**orjson.loads(data))
 
 
-def _human_name(res: Mapping[str, Any]) -> str | None:
-    names = res.get("name")
-    if isinstance(names, str):
-        return names  # Organization.name
-    for n in names or ():
-        if isinstance(n, dict):
-            if isinstance(n.get("text"), str):
-                return n["text"]
-            parts = [*(p for p in n.get("prefix") or () if isinstance(p, str))]
-            parts += [p for p in n.get("given") or () if isinstance(p, str)]
-            if isinstance(n.get("family"), str):
-                parts.append(n["family"])
-            if parts:
-                return " ".join(parts)
-    return None
-
-
 def build_side_tables(rows: Iterable[SideRow]) -> SideTables:
     """Later records of the same resource win, in input order, so the result is deterministic."""
     t = SideTables()
@@ -69,21 +53,18 @@ def build_side_tables(rows: Iterable[SideRow]) -> SideTables:
         except orjson.JSONDecodeError:
             continue
         rtype = row.ref.split("/", 1)[0]
-        if rtype == "ResearchStudy":
-            t.studies[row.ref] = res
-        elif rtype in ("Organization", "Practitioner"):
-            name = _human_name(res)
-            if name:
-                t.names[row.ref] = name
-        elif rtype == "PractitionerRole":
-            prac = ref_of(res.get("practitioner"))
-            org = ref_of(res.get("organization"))
-            if prac:
-                t.role_practitioner[row.ref] = prac
-            if org:
-                t.organization_of[row.ref] = org
-                if prac:
-                    t.organization_of.setdefault(prac, org)
+        if rtype not in ("Organization", "Practitioner", "PractitionerRole"):
+            t.referenced[row.ref] = res  # what the rules follow by reference (ResearchStudy)
+            continue
+        entry = directory_entry(res)
+        if entry.name:
+            t.names[row.ref] = entry.name
+        if entry.practitioner:
+            t.role_practitioner[row.ref] = entry.practitioner
+        if entry.organization:
+            t.organization_of[row.ref] = entry.organization
+            if entry.practitioner:
+                t.organization_of.setdefault(entry.practitioner, entry.organization)
     return t
 
 
@@ -116,9 +97,7 @@ class PatientResult:
     evaluated: int = 0  # ServiceRequests evaluated (all statuses except entered-in-error)
 
 
-def _requester(sr: Mapping[str, Any], finding_requester: str | None, side: SideTables) -> dict[str, Any]:
-    ref = ref_of(sr.get("requester")) or (finding_requester if finding_requester else None)
-    display = sr.get("requester", {}).get("display") if isinstance(sr.get("requester"), dict) else None
+def _requester(ref: str | None, display: str | None, side: SideTables) -> dict[str, Any]:
     person = side.role_practitioner.get(ref, ref) if ref else None
     org = None
     if ref:
@@ -127,7 +106,7 @@ def _requester(sr: Mapping[str, Any], finding_requester: str | None, side: SideT
             org = side.organization_of.get(person)
     return {
         "requester": ref,
-        "requesterName": side.names.get(person or "", None) or (display if isinstance(display, str) else None),
+        "requesterName": side.names.get(person or "", None) or display,
         "organization": org,
         "organizationName": side.names.get(org or "", None),
     }
@@ -144,23 +123,19 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _issue_reason(message: str) -> str:
-    return message if message.startswith("dangling reference") else f"invalid resource: {message}"
-
-
 def evaluate_patient(
     key: str,
     rows: Sequence[Row],
     side: SideTables,
-    evaluator: EvaluatorLike,
+    evaluator: Evaluator,
     file_paths: Sequence[str],
 ) -> PatientResult:
-    """Join one patient's records with the studies they reference, evaluate, and format the lines."""
+    """Evaluate one patient's records through the records core, with what they reference from the side
+    tables, and format the lines. Every issue and finding carries its row, so it points back to file/line."""
     out = PatientResult()
     if not any(r.rtype == "ServiceRequest" for r in rows):
         return out  # nothing to evaluate (most patients): not even parsed
-    resources: dict[str, dict[str, Any]] = {}
-    where: dict[str, Row] = {}
+    items = []
     for row in sorted(rows, key=Row.position):
         try:
             res = orjson.loads(row.raw)
@@ -168,72 +143,31 @@ def evaluate_patient(
             out.errors.append(error_line(file_paths[row.file_index], row.file_index, row.line or None,
                                          row.entry or None, f"malformed JSON: {exc}"))
             continue
-        ref = f"{row.rtype}/{res.get('id')}"
-        if ref in where:
-            prev = where[ref]
-            out.errors.append(error_line(
-                file_paths[prev.file_index], prev.file_index, prev.line or None, prev.entry or None,
-                f"duplicate resource {ref}: superseded by {file_paths[row.file_index]}"
-                f"{f' line {row.line}' if row.line else ''}{f' entry {row.entry}' if row.entry else ''}",
-                ref))
-        resources[ref] = res
-        where[ref] = row
-    orders = [r for r, res in resources.items()
-              if r.startswith("ServiceRequest/") and res.get("status") != ENTERED_IN_ERROR]
-    if not orders:
-        return out
-    # Attach the referenced studies. A missing one is reported by the evaluator itself (as an issue, below)
-    # and the patient is still evaluated; the audit adds the check the evaluator has no reason to make.
-    studies: dict[str, dict[str, Any]] = {}
-    for ref, res in resources.items():
-        for sref in study_refs(res):
-            if sref in side.studies:
-                studies[sref] = side.studies[sref]
-        if ref.startswith("ServiceRequest/"):
-            for rr in res.get("reasonReference") or ():
-                target = ref_of(rr)
-                if target and target.startswith("Condition/") and target not in resources:
-                    row = where[ref]
-                    out.errors.append(error_line(
-                        file_paths[row.file_index], row.file_index, row.line or None, row.entry or None,
-                        f"dangling reference to {target} (not found for this patient)", ref))
-    # Each resource travels with its "Type/id" as path, so issues and findings point back to their row.
-    batch = [(ref, res) for ref, res in resources.items()] + [(s, studies[s]) for s in sorted(studies)]
-    result = evaluator.evaluate(batch)
+        items.append(Located(f"{row.rtype}/{res.get('id')}", res, row))
+    records = evaluator.read(items)
+    records.supply(Located(ref.key, side.referenced[ref.key]) for ref in
+                   unresolved(records, evaluator.requirements.by_reference)
+                   if ref.key is not None and ref.key in side.referenced)
+    result = evaluator.evaluate_records(records)
     out.evaluated = result.orders_evaluated
-    first_order = where[orders[0]]
-    reported: set[str] = set()
+    first = min(rows, key=Row.position)
     for issue in result.issues:
-        path = str(getattr(issue, "path", "") or "")
-        # ids may contain dots: the owner is the longest record ref the issue's path starts with
-        owner = max((r for r in where if path == r or path.startswith((r + ".", r + "["))), key=len, default=None)
-        row = where[owner] if owner else first_order
-        if owner and issue.message.startswith("dangling reference"):
-            reported.add(owner)
+        row = issue.source if isinstance(issue.source, Row) else first
+        reason = issue.message if issue.kind in (IssueKind.DANGLING_REFERENCE, IssueKind.DUPLICATE_ID) \
+            else f"invalid resource: {issue.message}"
         out.errors.append(error_line(file_paths[row.file_index], row.file_index, row.line or None,
-                                     row.entry or None, _issue_reason(issue.message), path or None))
-    # The evaluator only looks up the studies that could exempt an order (enrolled subjects, linked orders);
-    # an auditor wants every ResearchSubject pointing nowhere.
-    for ref, res in resources.items():
-        if ref.startswith("ResearchSubject/") and ref not in reported:
-            for sref in study_refs(res):
-                if sref not in side.studies:
-                    row = where[ref]
-                    out.errors.append(error_line(file_paths[row.file_index], row.file_index, row.line or None,
-                                                 row.entry or None, f"dangling reference to {sref}", ref))
+                                     row.entry or None, reason, issue.path or None))
     for seq, f in enumerate(result.findings):
-        order_ref = f.order_ref
-        row = where.get(order_ref, first_order)
-        sr = resources.get(order_ref, {})
+        row = f.source if isinstance(f.source, Row) else first
         rec: dict[str, Any] = {
-            "serviceRequest": order_ref,
+            "serviceRequest": f.order_ref,
             "patient": f.patient_ref or key,
             "rule": f.rule_id,
             "ruleVersion": f.rule_version,
             "indicator": f.indicator,
             "summary": f.summary,
             "evidence": list(f.evidence_ids),
-            **_requester(sr, f.requester, side),
+            **_requester(f.requester, f.requester_display, side),
             "authoredOn": f.authored_on,
             "status": f.status,
             "matched": _plain(f.matched),
@@ -241,13 +175,13 @@ def evaluate_patient(
             "card": _plain(f.card),
         }
         out.findings.append((
-            sort_key(row.file_index, row.line, row.entry, order_ref, f.rule_id, f"{seq:04d}"),
+            sort_key(row.file_index, row.line, row.entry, f.order_ref, f.rule_id, f"{seq:04d}"),
             orjson.dumps(rec),
         ))
     return out
 
 
-def evaluate_patient_or_report(key: str, rows: Sequence[Row], side: SideTables, evaluator: EvaluatorLike,
+def evaluate_patient_or_report(key: str, rows: Sequence[Row], side: SideTables, evaluator: Evaluator,
                                file_paths: Sequence[str]) -> PatientResult:
     """`evaluate_patient`, with a failure reported as an error line on the patient's first record: one
     patient's failure must not lose the rest of a shard or partition."""

@@ -18,14 +18,33 @@ from typing import BinaryIO
 
 import orjson
 
-from .references import PATIENT_KEYED, SIDE_TYPES, patient_key
+from ccsvi_cds.facts.fhir import ShapeError
+from ccsvi_cds.facts.records import PATIENT_KEYED_TYPES, patient_element, patient_of
+from ccsvi_cds.facts.requirements import DataRequirements
+
 from .sources import BadRecord, Record
 
-# Resource types the join keeps per patient (the rules read nothing else); others are counted and dropped.
-JOINED_TYPES = frozenset(PATIENT_KEYED) | {"Patient"}
+# Who ordered: read for the report's requester and organisation names, never by the rules.
+DIRECTORY_TYPES = frozenset({"Organization", "Practitioner", "PractitionerRole"})
 
-# What the reader must hand over in full; any other resource type is only counted.
-NEEDED_TYPES = JOINED_TYPES | SIDE_TYPES | {"Bundle"}
+
+@dataclass(frozen=True)
+class Routing:
+    """Which resource types go where, derived from what the rules read (facts/requirements.py)."""
+
+    joined: frozenset[str]  # patient-keyed: spilled by patient key and joined per patient
+    side: frozenset[str]  # read by reference (studies) or for the report: small side tables
+
+    @classmethod
+    def of(cls, requirements: DataRequirements) -> Routing:
+        return cls(requirements.types & PATIENT_KEYED_TYPES, (requirements.types - PATIENT_KEYED_TYPES)
+                   | DIRECTORY_TYPES)
+
+    @property
+    def needed(self) -> frozenset[str]:
+        """What the reader must hand over in full; any other resource type is only counted."""
+        return self.joined | self.side | {"Bundle"}
+
 _ID_RE = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 _KEY_RE = re.compile(r"[A-Z][A-Za-z]+/[A-Za-z0-9\-.]{1,64}")  # also keeps tabs/newlines out of spill lines
 FLUSH_BYTES = 8 * 1024 * 1024
@@ -60,7 +79,7 @@ class SideRow:
 Classified = Row | SideRow | BadRecord | None
 
 
-def classify(rec: Record | BadRecord) -> tuple[str | None, Classified]:
+def classify(rec: Record | BadRecord, routing: Routing) -> tuple[str | None, Classified]:
     """Decide what one record is for. Returns (resource type for the read counts, routed item or None).
 
     None as item means "counted, not needed". Invalid records become BadRecord with the reason.
@@ -69,22 +88,23 @@ def classify(rec: Record | BadRecord) -> tuple[str | None, Classified]:
         return None, rec
     res = rec.resource
     rtype: str = res["resourceType"]
-    if rtype not in JOINED_TYPES and rtype not in SIDE_TYPES:
+    if rtype not in routing.joined and rtype not in routing.side:
         return rtype, None
     line, entry = rec.line or 0, rec.entry or 0
     rid = res.get("id")
     if not isinstance(rid, str) or not _ID_RE.fullmatch(rid):
         return rtype, BadRecord(rec.file_index, rec.line, rec.entry, f"invalid resource: {rtype} without a valid id")
     raw = rec.raw if rec.raw is not None else orjson.dumps(res)
-    if rtype in SIDE_TYPES:
+    if rtype in routing.side:
         return rtype, SideRow(f"{rtype}/{rid}", rec.file_index, line, entry, raw)
-    key = patient_key(res)
+    try:
+        key = patient_of(res, f"{rtype}/{rid}")
+    except ShapeError as exc:
+        return rtype, BadRecord(rec.file_index, rec.line, rec.entry, f"invalid resource: {exc}")
     if key is None or not _KEY_RE.fullmatch(key):
-        field = "/".join(PATIENT_KEYED.get(rtype, ("subject",)))
         what = "no" if key is None else "an invalid"
-        return rtype, BadRecord(
-            rec.file_index, rec.line, rec.entry, f"invalid resource: {rtype}/{rid} has {what} {field} reference"
-        )
+        return rtype, BadRecord(rec.file_index, rec.line, rec.entry,
+                                f"invalid resource: {rtype}/{rid} has {what} {patient_element(res)} reference")
     return rtype, Row(key, rtype, rec.file_index, line, entry, raw)
 
 

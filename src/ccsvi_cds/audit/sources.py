@@ -22,9 +22,8 @@ from urllib.parse import urlparse
 
 import orjson
 
-from ccsvi_cds.facts.fhir import id_from_full_url
-
-from .references import rewrite_references
+from ccsvi_cds.facts.records import id_from_full_url
+from ccsvi_cds.facts.references import rewrite_references
 
 try:  # validates JSON and reads one field without building Python objects: ~3x cheaper than a full parse
     import simdjson  # type: ignore[import-untyped]

@@ -16,9 +16,12 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from ccsvi_cds.facts.requirements import data_requirements
+from ccsvi_cds.rulepack import load_pack
+
 from .evaluator import build_evaluator
 from .join import SideTables, build_side_tables, error_line, evaluate_patient_or_report
-from .partition import Row, choose_shards, estimated_bytes
+from .partition import Routing, Row, choose_shards, estimated_bytes
 from .parts import EngineResult
 from .sources import InputFile, ReadTask
 
@@ -36,12 +39,12 @@ def _evaluator(pack_b: Any, rules_dir: str, digest: str | None, base_url: str | 
     return ev
 
 
-def _read(files: Sequence[InputFile], item: tuple[int, ReadTask]) -> Iterator[tuple[Any, ...]]:
+def _read(files: Sequence[InputFile], routing: Routing, item: tuple[int, ReadTask]) -> Iterator[tuple[Any, ...]]:
     """Tagged records of one read task: R row, S side row, E error line, C per-type counts."""
     from .embedded import read_and_route
 
     rows: list[Row] = []
-    counts, side, bad, _ = read_and_route(files, item[1], rows.append)  # Spark's tasks know their first line
+    counts, side, bad, _ = read_and_route(files, item[1], routing, rows.append)  # Spark's tasks know their first line
     errors = [error_line(files[b.file_index].path, b.file_index, b.line, b.entry, b.reason) for b in bad]
     for r in rows:
         yield ("R", r.key, (r.rtype, r.file_index, r.line, r.entry, r.raw))
@@ -123,7 +126,8 @@ def run_spark(files: Sequence[InputFile], tasks: Sequence[ReadTask], rules_dir: 
     parts.mkdir(parents=True, exist_ok=True)
     n_groups = max(sc.defaultParallelism, choose_shards(estimated_bytes([(f.size, f.gzip) for f in files])))
 
-    items = sc.parallelize(list(enumerate(tasks)), max(1, len(tasks))).flatMap(lambda t: _read(files_t, t))
+    routing = Routing.of(data_requirements(pack if pack is not None else load_pack(rules_dir)))
+    items = sc.parallelize(list(enumerate(tasks)), max(1, len(tasks))).flatMap(lambda t: _read(files_t, routing, t))
     items.persist(StorageLevel.MEMORY_AND_DISK)
     try:
         # Pass 1: the small things every patient may need (side tables), read counts and read errors.

@@ -18,7 +18,7 @@ import orjson
 
 from ccsvi_cds.evaluate import Evaluation, Evaluator
 from ccsvi_cds.facts.fhir import Located
-from ccsvi_cds.facts.hookrequest import is_hook_request
+from ccsvi_cds.facts.records import is_hook_request
 from ccsvi_cds.rulepack.loader import RulePack
 
 FHIR_DATA = "FHIR data"  # the record name of the pooled audit input

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ccsvi_cds.facts.schema import MATCHABLE
+from ccsvi_cds.facts.schema import MATCHABLE, MS_SUBTYPE_DOMAIN
 from ccsvi_cds.rulepack.loader import RulePack, classifier_values
 from ccsvi_cds.rulepack.model import FactPattern, Rule, Where
 from ccsvi_cds.rulepack.source import Problem, SourceDoc
@@ -25,6 +25,16 @@ def producible(pack: RulePack, classifier: str) -> set[str]:
     return values
 
 
+def _domain(pack: RulePack, spec: str) -> tuple[set[str], tuple[str, ...]]:
+    """(values the facts can actually take, values the field is declared to take)."""
+    if spec == MS_SUBTYPE_DOMAIN:
+        conditions = producible(pack, "condition")
+        subtypes = pack.manifest.records.ms_subtypes
+        return {s.subtype for s in subtypes if s.condition in conditions} | {"none"}, \
+            pack.manifest.records.subtype_values()
+    return producible(pack, spec), classifier_values(pack.manifest, spec)
+
+
 def _dead_fields(pack: RulePack, kind: str, where: Where, loc: tuple[Any, ...], doc: SourceDoc,
                  problems: list[Problem]) -> bool:
     """True if some field of `where` can match no value at all; reports unproducible values."""
@@ -33,8 +43,7 @@ def _dead_fields(pack: RulePack, kind: str, where: Where, loc: tuple[Any, ...], 
         spec = MATCHABLE.get(kind, {}).get(field)
         if not isinstance(spec, str) or not values:
             continue  # fixed or free-text domains; unknown fields and empty lists are the loader's
-        can = producible(pack, spec)
-        domain = classifier_values(pack.manifest, spec)
+        can, domain = _domain(pack, spec)
         known = [v for v in values if v in domain]  # values outside the domain are the loader's to report
         never = [v for v in known if v not in can]
         if never and len(never) == len(known):

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 from jinja2 import TemplateSyntaxError, nodes
 
-from ccsvi_cds.facts.schema import fields_of
-from ccsvi_cds.rulepack.loader import RulePack
+from ccsvi_cds.facts.schema import MATCHABLE, fields_of
+from ccsvi_cds.rulepack.loader import RulePack, value_domain
 from ccsvi_cds.rulepack.model import Rule
 from ccsvi_cds.rulepack.source import Problem, SourceDoc
 from ccsvi_cds.rulepack.templates import template_env
@@ -127,6 +127,30 @@ def check_templates(pack: RulePack, rule: Rule, doc: SourceDoc) -> list[Problem]
                     problems.append(at(use, f"{kind} facts have no field '{use.field}' ({use.name}.{use.field})",
                                        f"use one of: {', '.join(allowed)}"))
         problems.extend(_check_cites(pack, rule, ast, at))
+        problems.extend(_check_comparisons(pack, ast, {**{a: {k} for a, k in ALWAYS_BOUND.items()}, **kinds}, at))
+    return problems
+
+
+def _check_comparisons(pack: RulePack, ast: nodes.Template, kinds: dict[str, set[str]], at: Locate) -> list[Problem]:
+    """`{% if patient.ms_subtype == 'progressive' %}` must name a value the field can take: renaming it in
+    pack.yaml would otherwise silently drop that part of the card."""
+    problems = []
+    for compare in ast.find_all(nodes.Compare):
+        left = compare.expr
+        if not (isinstance(left, nodes.Getattr) and isinstance(left.node, nodes.Name)) or left.node.name not in kinds:
+            continue
+        for operand in compare.ops:
+            if operand.op not in ("eq", "ne") or not isinstance(operand.expr, nodes.Const):
+                continue
+            value = operand.expr.value
+            for kind in sorted(kinds[left.node.name]):
+                if left.attr not in MATCHABLE.get(kind, {}):
+                    continue
+                domain = value_domain(kind, left.attr, pack.manifest)
+                if domain is not None and value not in domain:
+                    use = Use(left.node.name, left.attr, compare.lineno, f"{left.node.name}.{left.attr}")
+                    problems.append(at(use, f"'{value}' is not a value of {kind}.{left.attr}: this comparison is "
+                                            "never true", f"use one of: {', '.join(domain)}"))
     return problems
 
 

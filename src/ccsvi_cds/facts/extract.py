@@ -1,12 +1,13 @@
-"""Project FHIR resources onto the flat facts of facts/schema.py, one group per patient.
+"""Project one patient's records onto the flat facts of facts/schema.py.
 
-Pure: located resources and a pack in, facts and issues out. A malformed resource becomes an `Issue` with
-its FHIR path and is skipped; the rest of the input is still evaluated.
+Pure: records and the pack's policies in, facts and issues out. A malformed resource becomes an `Issue` with
+its FHIR path and is skipped; the rest of the input is still evaluated. Every reference the rules need is
+followed here and only here (`followed_references` lists them, so a shell can fetch what is missing).
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,81 +22,26 @@ from ccsvi_cds.facts.fhir import (
     as_str,
     is_r5,
     iter_extensions,
-    ref_of,
-    reference,
 )
-from ccsvi_cds.rulepack.model import TrialPolicy
+from ccsvi_cds.facts.issues import Issue, IssueKind
+from ccsvi_cds.facts.records import PatientRecords, Records
+from ccsvi_cds.facts.references import Ref
+from ccsvi_cds.rulepack.model import RecordPolicy, TrialPolicy
 
 RESEARCH_STUDY_EXT = "http://hl7.org/fhir/StructureDefinition/workflow-researchStudy"
-RELEVANT = {"ServiceRequest", "Condition", "Procedure", "Patient", "ResearchSubject", "ResearchStudy"}
-EXCLUDED_VERIFICATION = {"refuted", "entered-in-error"}
-SUBTYPE_RANK = {"ms-progressive": 3, "ms-relapsing-remitting": 2, "ms": 1}
-SUBTYPE_NAME = {"ms-progressive": "progressive", "ms-relapsing-remitting": "relapsing-remitting", "ms": "unspecified"}
-
-
-@dataclass(frozen=True)
-class Issue:
-    path: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.path}: {self.message}"
+Fact = dict[str, Any]
 
 
 @dataclass
-class PatientGroup:
+class PatientFacts:
     """Everything known about one patient, and the facts projected from it."""
 
     patient: str | None
-    resources: list[Located] = field(default_factory=list)
-    facts: list[dict[str, Any]] = field(default_factory=list)
-    orders: dict[str, Located] = field(default_factory=dict)
+    facts: list[Fact] = field(default_factory=list)
+    orders: dict[str, Located] = field(default_factory=dict)  # order key -> where it was read
 
-    def fact(self, ref: str) -> dict[str, Any] | None:
+    def fact(self, ref: str) -> Fact | None:
         return next((f for f in self.facts if f.get("ref") == ref), None)
-
-
-def patient_of(resource: Resource, path: str, aliases: dict[str, str]) -> str | None:
-    rtype = resource.get("resourceType")
-    if rtype == "Patient":
-        return ref_of(resource)
-    if rtype == "ResearchSubject":
-        key = "subject" if "subject" in resource else "individual"
-        return reference(resource.get(key), f"{path}.{key}", aliases)
-    if rtype in ("ServiceRequest", "Condition", "Procedure"):
-        return reference(resource.get("subject"), f"{path}.subject", aliases)
-    return None
-
-
-def group_by_patient(located: list[Located], aliases: dict[str, str], default_patient: str | None,
-                     issues: list[Issue]) -> tuple[dict[str | None, PatientGroup], dict[str, Located]]:
-    """Patient groups, plus every resource by ref (ResearchStudy and explicitly referenced ones resolve there)."""
-    groups: dict[str | None, PatientGroup] = {}
-    shared: dict[str, Located] = {}
-    for item in located:
-        res = item.resource
-        rtype = res.get("resourceType")
-        if "__invalid__" in res:
-            issues.append(Issue(item.path, res["__invalid__"]))
-            continue
-        if not isinstance(rtype, str):
-            issues.append(Issue(item.path, "not a FHIR resource: resourceType is missing"))
-            continue
-        if rtype not in RELEVANT:
-            continue
-        if not isinstance(res.get("id"), str) or not res["id"]:
-            issues.append(Issue(f"{item.path}.id", f"{rtype} without an id cannot be referenced or reported"))
-            continue
-        shared[f"{rtype}/{res['id']}"] = item  # resolvable by explicit reference from any group
-        if rtype == "ResearchStudy":
-            continue
-        try:
-            patient = patient_of(res, item.path, aliases) or default_patient
-        except ShapeError as exc:
-            issues.append(Issue(exc.path, exc.message))
-            continue
-        groups.setdefault(patient, PatientGroup(patient)).resources.append(item)
-    return groups, shared
 
 
 def _status(resource: Resource, path: str) -> str | None:
@@ -146,177 +92,242 @@ def subject_statuses(resource: Resource, path: str) -> set[str]:
     return found
 
 
-class _Context:
-    """What a patient's facts are computed against: classifiers, trial policy, resolvable resources."""
+# ------------------------------------------------------------------------------ references the rules follow
 
-    def __init__(self, classify: Classifiers, trial: TrialPolicy, aliases: dict[str, str],
-                 by_ref: dict[str, Located]) -> None:
+
+def _key(item: Located) -> str:
+    return f"{item.resource['resourceType']}/{item.resource['id']}"
+
+
+def _reason_refs(records: Records, item: Located) -> Iterator[tuple[Any, str, Ref | None]]:
+    """(Reference element, its path, what it reads as) for R4 reasonReference and R5 reason.reference."""
+    res, path, key = item.resource, item.path, _key(item)
+    for k, value in enumerate(as_list(res.get("reasonReference"), f"{path}.reasonReference")):
+        rpath = f"{path}.reasonReference[{k}]"
+        yield value, rpath, records.reference(value, rpath, key)
+    for k, reason in enumerate(as_list(res.get("reason"), f"{path}.reason")):
+        ipath = f"{path}.reason[{k}]"
+        reason = as_obj(reason, ipath) or {}
+        if "reference" in reason:
+            yield reason["reference"], f"{ipath}.reference", records.reference(reason["reference"],
+                                                                               f"{ipath}.reference", key)
+
+
+def _study_refs(records: Records, item: Located) -> Iterator[tuple[str, Ref | None]]:
+    """(path, reference) of the ResearchStudies an order (workflow-researchStudy) or a subject points to."""
+    res, path, key = item.resource, item.path, _key(item)
+    if res["resourceType"] == "ResearchSubject":
+        yield f"{path}.study", records.reference(res.get("study"), f"{path}.study", key)
+    for epath, ext in iter_extensions(res, path, RESEARCH_STUDY_EXT):
+        yield f"{epath}.valueReference", records.reference(ext.get("valueReference"), f"{epath}.valueReference", key)
+
+
+def followed_references(records: Records) -> Iterator[Ref]:
+    """Every reference the projection follows, for shells that can fetch what the input lacks."""
+    for group in records.patients.values():
+        for item in group.items:
+            rtype = item.resource["resourceType"]
+            try:
+                if rtype in ("ServiceRequest", "Procedure"):
+                    yield from (ref for _, _, ref in _reason_refs(records, item) if ref is not None)
+                if rtype in ("ServiceRequest", "ResearchSubject"):
+                    yield from (ref for _, ref in _study_refs(records, item) if ref is not None)
+            except ShapeError:
+                continue  # reported when the patient is projected
+
+
+# ------------------------------------------------------------------------------------------ projection
+
+
+class Projector:
+    """Computes a patient's facts against the pack's classifiers and policies."""
+
+    def __init__(self, classify: Classifiers, trial: TrialPolicy, policy: RecordPolicy) -> None:
         self.classify = classify
-        self.policy = trial
-        self.aliases = aliases
-        self.by_ref = by_ref
+        self.trial_policy = trial
+        self.policy = policy
+        self._subtype_rank = {s.condition: (i, s.subtype) for i, s in enumerate(policy.ms_subtypes)}
 
-    def reasons(self, resource: Resource, path: str) -> Coded:
-        """Reason codes and texts: R4 reasonCode/reasonReference, R5 reason (CodeableReference), notes."""
+    # --- conditions and MS evidence
+
+    def condition_counts(self, res: Resource, path: str) -> bool:
+        verification = _concept_code(res.get("verificationStatus"), f"{path}.verificationStatus")
+        return verification not in self.policy.condition_excluded_verification
+
+    def ms_rank(self, coded: Coded) -> tuple[int, str] | None:
+        """(precedence, subtype) of the MS value `coded` gives, or None. When it is MS, the text alone may
+        make it more specific: a generic MS code beside "relapsing-remitting MS" text is relapsing-remitting."""
+        rank = self._subtype_rank.get(self.classify("condition", coded))
+        if rank is None or not coded.texts or rank[0] == 0:
+            return rank
+        text_only = Coded()
+        text_only.texts = coded.texts
+        by_text = self._subtype_rank.get(self.classify("condition", text_only))
+        return min(rank, by_text) if by_text is not None else rank
+
+    def reasons(self, records: Records, item: Located, issues: list[Issue]) -> tuple[Coded, list[Coded]]:
+        """(reason codes and texts, the codes of reason Conditions) for R4 reasonCode/reasonReference, R5
+        reason (CodeableReference), and notes. A referenced Condition counts only if it would on its own."""
+        res, path = item.resource, item.path
         coded = Coded()
-        coded.add_concepts(resource.get("reasonCode"), f"{path}.reasonCode")
-        refs: list[tuple[Any, str]] = [
-            (r, f"{path}.reasonReference[{k}]")
-            for k, r in enumerate(as_list(resource.get("reasonReference"), f"{path}.reasonReference"))
-        ]
-        for k, item in enumerate(as_list(resource.get("reason"), f"{path}.reason")):
+        conditions: list[Coded] = []
+        coded.add_concepts(res.get("reasonCode"), f"{path}.reasonCode")
+        for k, reason in enumerate(as_list(res.get("reason"), f"{path}.reason")):
             ipath = f"{path}.reason[{k}]"
-            item = as_obj(item, ipath) or {}
-            coded.add_concept(item.get("concept"), f"{ipath}.concept")
-            if "reference" in item:
-                refs.append((item["reference"], f"{ipath}.reference"))
-        for value, rpath in refs:
-            target = reference(value, rpath, self.aliases)
-            found = self.by_ref.get(target or "")
+            coded.add_concept((as_obj(reason, ipath) or {}).get("concept"), f"{ipath}.concept")
+        for value, rpath, ref in _reason_refs(records, item):
+            found = records.resolve(ref)
             if found is not None and found.resource.get("resourceType") == "Condition":
-                coded.add_concept(found.resource.get("code"), f"{found.path}.code")
-            elif isinstance(value, dict):
+                if self.condition_counts(found.resource, found.path):
+                    condition = Coded()
+                    condition.add_concept(found.resource.get("code"), f"{found.path}.code")
+                    coded.extend(condition)
+                    conditions.append(condition)
+                continue
+            if found is None and ref is not None and ref.followable:
+                issues.append(Issue(rpath, f"dangling reference to {ref.key} (not found for this patient)",
+                                    IssueKind.DANGLING_REFERENCE, item.source))
+            if isinstance(value, dict):
                 coded.add_text(value.get("display"), f"{rpath}.display")
-        for k, note in enumerate(as_list(resource.get("note"), f"{path}.note")):
+        for k, note in enumerate(as_list(res.get("note"), f"{path}.note")):
             coded.add_text((as_obj(note, f"{path}.note[{k}]") or {}).get("text"), f"{path}.note[{k}].text")
-        return coded
+        return coded, conditions
 
-    def procedure_parts(self, resource: Resource, path: str) -> tuple[Coded, Coded, Coded]:
-        """(what is done, where it is done, why) for a ServiceRequest or a Procedure."""
+    # --- procedures and orders
+
+    def venous_fields(self, records: Records, item: Located, issues: list[Issue]) -> tuple[dict[str, Any], Coded]:
+        """(what is done, where, why as classified values; the reason as read) for a ServiceRequest or a
+        Procedure."""
+        res, path = item.resource, item.path
         what = Coded()
-        code = resource.get("code")
+        code = res.get("code")
         if isinstance(code, dict) and "concept" in code:  # R5 ServiceRequest.code: CodeableReference
             what.add_concept(code.get("concept"), f"{path}.code.concept")
         else:
             what.add_concept(code, f"{path}.code")
         where = Coded()
-        where.add_concepts(resource.get("bodySite"), f"{path}.bodySite")
+        where.add_concepts(res.get("bodySite"), f"{path}.bodySite")
         where.extend(what)
-        why = self.reasons(resource, path)
-        why.add_text(resource.get("patientInstruction") if isinstance(resource.get("patientInstruction"), str)
-                     else None, f"{path}.patientInstruction")
+        why, _ = self.reasons(records, item, issues)
+        instruction = res.get("patientInstruction")
+        why.add_text(instruction if isinstance(instruction, str) else None, f"{path}.patientInstruction")
+        reason = Coded()
+        reason.extend(why)
         why.texts.extend(what.texts)
-        return what, where, why
-
-    def venous_fields(self, resource: Resource, path: str) -> dict[str, Any]:
-        what, where, why = self.procedure_parts(resource, path)
-        return {
+        fields = {
             "procedure": self.classify("procedure", what),
             "site": self.classify("site", where),
             "vessel": self.classify("vessel", where),
             "reason": self.classify("reason", why),
             "text": "; ".join(dict.fromkeys(what.texts + [d for _, d in what.codings if d]))[:200] or None,
         }
+        return fields, reason
 
-    def trial(self, order: Resource, path: str, enrolled_studies: list[str]) -> dict[str, Any]:
-        linked: list[str] = []
-        for epath, ext in iter_extensions(order, path, RESEARCH_STUDY_EXT):
-            target = reference(ext.get("valueReference"), f"{epath}.valueReference", self.aliases)
-            if target:
-                linked.append(target)
-        candidates = list(dict.fromkeys(linked + enrolled_studies))
+    def trial(self, records: Records, item: Located, enrolled: list[str], issues: list[Issue]) -> dict[str, Any]:
+        linked = [ref.key for _, ref in _study_refs(records, item) if ref is not None and ref.key]
+        candidates = list(dict.fromkeys(linked + enrolled))
         if not candidates:
             return {"trial": "none", "study": None, "study_status": None, "study_title": None}
         statuses = []
         for study in candidates:
-            found = self.by_ref.get(study)
+            found = records.index.get(study)
             status = study_status(found.resource, found.path) if found else "unknown"
             title = as_str(found.resource.get("title"), f"{found.path}.title") if found else None
             statuses.append((study, status, title[:120] if title else None))
-        approved = [s for s in statuses if s[1] in self.policy.approved_study_status]
+        approved = [s for s in statuses if s[1] in self.trial_policy.approved_study_status]
         study, status, title = (approved or statuses)[0]
+        if study not in records.index:
+            issues.append(Issue(item.path, f"dangling reference to {study}: its status cannot be confirmed",
+                                IssueKind.DANGLING_REFERENCE, item.source))
         return {"trial": "approved" if approved else "not-approved", "study": study, "study_status": status,
                 "study_title": title}
 
+    def requester(self, records: Records, item: Located) -> tuple[str | None, str | None]:
+        """(requester reference as "Type/id", its display): never one standing in for the other."""
+        path = f"{item.path}.requester"
+        obj = as_obj(item.resource.get("requester"), path)
+        if not obj:
+            return None, None
+        ref = records.reference(obj, path, _key(item))
+        return (ref.key if ref is not None and ref.key and "#" not in ref.key else None,
+                as_str(obj.get("display"), f"{path}.display"))
 
-def _requester(order: Resource, path: str, aliases: dict[str, str]) -> str | None:
-    requester = as_obj(order.get("requester"), f"{path}.requester")
-    if not requester:
-        return None
-    ref = reference(requester, f"{path}.requester", aliases)
-    display = as_str(requester.get("display"), f"{path}.requester.display")
-    if ref and display:
-        return f"{ref} ({display})"
-    return ref or display
+    # --- one patient
 
+    def project(self, records: Records, group: PatientRecords, issues: list[Issue]) -> PatientFacts:
+        out = PatientFacts(group.patient)
+        ms: list[tuple[int, str]] = []
+        ms_conditions: set[str] = set()
+        enrolled: list[str] = []
+        procedures: list[Fact] = []
+        pending: list[Located] = []
+        for item in group.items:
+            res, path = item.resource, item.path
+            rtype = res["resourceType"]
+            try:
+                if rtype == "Condition":
+                    if not self.condition_counts(res, path):
+                        continue
+                    coded = Coded()
+                    coded.add_concept(res.get("code"), f"{path}.code")
+                    rank = self.ms_rank(coded)
+                    if rank is not None:
+                        ms.append(rank)
+                        ms_conditions.add(_key(item))
+                elif rtype == "ResearchSubject":
+                    for spath, ref in _study_refs(records, item):
+                        if ref is not None and ref.key and records.resolve(ref) is None:
+                            issues.append(Issue(spath, f"dangling reference to {ref.key}",
+                                                IssueKind.DANGLING_REFERENCE, item.source))
+                    if subject_statuses(res, path) & set(self.trial_policy.enrolled_subject_status):
+                        enrolled.extend(ref.key for _, ref in _study_refs(records, item) if ref and ref.key)
+                elif rtype == "Procedure":
+                    status = _status(res, path)
+                    if status in self.policy.procedure_excluded_status:
+                        continue
+                    performed = None
+                    for key in ("performedDateTime", "occurrenceDateTime"):
+                        performed = performed or as_str(res.get(key), f"{path}.{key}")
+                    for key in ("performedPeriod", "occurrencePeriod"):
+                        period = as_obj(res.get(key), f"{path}.{key}")
+                        performed = performed or (period or {}).get("start")
+                    fields, _ = self.venous_fields(records, item, issues)
+                    procedures.append({"kind": "procedure", "ref": _key(item), "patient": group.patient,
+                                       "status": status, "performed": performed, **fields})
+                elif rtype == "ServiceRequest":
+                    if _status(res, path) in self.policy.order_excluded_status:
+                        continue
+                    if records.targets is None or _key(item) in records.targets:
+                        pending.append(item)
+            except ShapeError as exc:
+                issues.append(Issue(exc.path, exc.message, IssueKind.MALFORMED, item.source))
 
-def project_group(group: PatientGroup, shared: dict[str, Located], aliases: dict[str, str],
-                  classify: Classifiers, trial: TrialPolicy, targets: Collection[str] | None,
-                  issues: list[Issue]) -> None:
-    """Fill `group.facts` (patient fact first) and `group.orders` (the orders to evaluate).
+        orders: list[Fact] = []
+        for item in pending:
+            res, path = item.resource, item.path
+            try:
+                fields, reason = self.venous_fields(records, item, issues)
+                requester, requester_display = self.requester(records, item)
+                fact = {"kind": "order", "ref": _key(item), "patient": group.patient, "status": _status(res, path),
+                        "authored": as_str(res.get("authoredOn"), f"{path}.authoredOn"),
+                        "requester": requester, "requester_display": requester_display,
+                        **fields, **self.trial(records, item, enrolled, issues)}
+            except ShapeError as exc:
+                issues.append(Issue(exc.path, exc.message, IssueKind.MALFORMED, item.source))
+                continue
+            rank = self.ms_rank(reason)  # the order's own reason is MS evidence too
+            if rank is not None:
+                ms.append(rank)
+            orders.append(fact)
+            out.orders[fact["ref"]] = item
 
-    `shared` resolves references: it holds every resource of the input by "Type/id".
-    """
-    by_ref = shared
-    ctx = _Context(classify, trial, aliases, by_ref)
-
-    ms_conditions: list[tuple[int, str, str]] = []
-    enrolled: list[str] = []
-    procedures: list[dict[str, Any]] = []
-    orders: list[dict[str, Any]] = []
-    pending_orders: list[Located] = []
-    for item in group.resources:
-        res, path = item.resource, item.path
-        rtype = res["resourceType"]
-        try:
-            if rtype == "Condition":
-                verification = _concept_code(res.get("verificationStatus"), f"{path}.verificationStatus")
-                if verification in EXCLUDED_VERIFICATION:
-                    continue
-                coded = Coded()
-                coded.add_concept(res.get("code"), f"{path}.code")
-                kind = classify("condition", coded)
-                if kind in SUBTYPE_RANK:
-                    ms_conditions.append((SUBTYPE_RANK[kind], kind, f"Condition/{res['id']}"))
-            elif rtype == "ResearchSubject":
-                if subject_statuses(res, path) & set(trial.enrolled_subject_status):
-                    study = reference(res.get("study"), f"{path}.study", aliases)
-                    if study:
-                        if study not in by_ref:
-                            issues.append(Issue(f"{path}.study", f"dangling reference to {study}"))
-                        enrolled.append(study)
-            elif rtype == "Procedure":
-                status = _status(res, path)
-                if status == "entered-in-error":
-                    continue
-                performed = None
-                for key in ("performedDateTime", "occurrenceDateTime"):
-                    performed = performed or as_str(res.get(key), f"{path}.{key}")
-                for key in ("performedPeriod", "occurrencePeriod"):
-                    period = as_obj(res.get(key), f"{path}.{key}")
-                    performed = performed or (period or {}).get("start")
-                procedures.append({"kind": "procedure", "ref": f"Procedure/{res['id']}", "patient": group.patient,
-                                   "status": status, "performed": performed, **ctx.venous_fields(res, path)})
-            elif rtype == "ServiceRequest":
-                ref = f"ServiceRequest/{res['id']}"
-                if _status(res, path) == "entered-in-error":
-                    continue
-                if targets is None or ref in targets:
-                    pending_orders.append(item)
-        except ShapeError as exc:
-            issues.append(Issue(exc.path, exc.message))
-
-    for item in pending_orders:
-        res, path = item.resource, item.path
-        try:
-            fact = {"kind": "order", "ref": f"ServiceRequest/{res['id']}", "patient": group.patient,
-                    "status": _status(res, path), "authored": as_str(res.get("authoredOn"), f"{path}.authoredOn"),
-                    "requester": _requester(res, path, aliases),
-                    **ctx.venous_fields(res, path), **ctx.trial(res, path, enrolled)}
-            if fact["study"] and fact["study"] not in by_ref:
-                issues.append(Issue(path, f"dangling reference to {fact['study']}: its status cannot be confirmed"))
-        except ShapeError as exc:
-            issues.append(Issue(exc.path, exc.message))
-            continue
-        orders.append(fact)
-        group.orders[fact["ref"]] = item
-
-    best = max(ms_conditions, default=None)
-    patient_fact = {
-        "kind": "patient",
-        "ref": group.patient or "Patient/unknown",
-        "ms": "yes" if ms_conditions else "no",
-        "ms_subtype": SUBTYPE_NAME[best[1]] if best else "none",
-        "ms_conditions": " ".join(sorted({c for _, _, c in ms_conditions})) or None,
-    }
-    group.facts = [patient_fact, *sorted(procedures, key=lambda f: f["ref"]), *orders]
+        best = min(ms, default=None)
+        patient_fact = {
+            "kind": "patient",
+            "ref": group.patient or "Patient/unknown",
+            "ms": "yes" if ms else "no",
+            "ms_subtype": best[1] if best else "none",
+            "ms_conditions": " ".join(sorted(ms_conditions)) or None,
+        }
+        out.facts = [patient_fact, *sorted(procedures, key=lambda f: f["ref"]), *orders]
+        return out

@@ -1,4 +1,4 @@
-"""Reading FHIR JSON (R4, R4B, R5) defensively: bundles, references, codings and texts.
+"""Reading FHIR JSON elements (R4, R4B, R5) defensively: shapes, codings and texts.
 
 Every accessor takes the FHIR path of what it reads, so a malformed element becomes a `ShapeError` that says
 exactly where (e.g. `Bundle.entry[2].resource.code.coding[0]`), never an AttributeError deep inside.
@@ -6,15 +6,13 @@ exactly where (e.g. `Bundle.entry[2].resource.code.coding[0]`), never an Attribu
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 Resource = dict[str, Any]
 Coding = tuple[str, str]  # (system, code)
 
-_REF = re.compile(r"(?:^|/)([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})(?:/_history/[^/]+)?/?$")
 
 
 class ShapeError(ValueError):
@@ -26,79 +24,12 @@ class ShapeError(ValueError):
 
 @dataclass(frozen=True)
 class Located:
-    """A resource and the path it was read from (e.g. `prefetch.conditions.entry[3].resource`)."""
+    """A resource and the path it was read from (e.g. `prefetch.conditions.entry[3].resource`). `source`: the
+    shell's own handle on the record (the audit's file/line row), carried through to issues and findings."""
 
     path: str
     resource: Resource
-
-
-def normalize_reference(ref: str | None, aliases: dict[str, str] | None = None) -> str | None:
-    """'Type/id' for relative, absolute, versioned (_history) and urn:uuid references; None if unresolvable."""
-    if not ref or not isinstance(ref, str):
-        return None
-    head, sep, tail = ref.partition("/")
-    if sep and head[:1].isupper() and tail and "/" not in tail and ":" not in head:
-        return ref  # already "Type/id": the common case, without the regex
-    if ref.startswith("urn:"):
-        return (aliases or {}).get(ref)
-    if aliases and ref in aliases:
-        return aliases[ref]
-    m = _REF.search(ref)
-    return f"{m.group(1)}/{m.group(2)}" if m else None
-
-
-def id_from_full_url(full_url: Any) -> str | None:
-    """The id a Bundle entry's resource takes when it has none: the uuid of its urn:uuid fullUrl."""
-    if isinstance(full_url, str) and full_url.startswith("urn:uuid:"):
-        return full_url.removeprefix("urn:uuid:")
-    return None
-
-
-def flatten(items: Iterable[Resource | Located | tuple[str, Resource]], origin: str = "resources") -> tuple[list[Located], dict[str, str]]:
-    """Expand Bundles (recursively) into located resources; map fullUrls to 'Type/id'."""
-    out: list[Located] = []
-    aliases: dict[str, str] = {}
-
-    def visit(resource: Any, path: str) -> None:
-        if not isinstance(resource, dict):
-            raise ShapeError(path, "expected a FHIR resource (a JSON object)")
-        if resource.get("resourceType") == "Bundle":
-            entries = resource.get("entry") or []
-            if not isinstance(entries, list):
-                raise ShapeError(f"{path}.entry", "expected a list")
-            for j, entry in enumerate(entries):
-                epath = f"{path}.entry[{j}]"
-                if not isinstance(entry, dict) or not isinstance(entry.get("resource"), dict):
-                    out.append(Located(epath, {"__invalid__": "entry without a resource object"}))
-                    continue
-                inner = entry["resource"]
-                full_url = entry.get("fullUrl")
-                if isinstance(full_url, str) and isinstance(inner.get("resourceType"), str):
-                    rid = inner.get("id")
-                    if not rid:
-                        rid = id_from_full_url(full_url)
-                        inner = {**inner, "id": rid} if rid else inner
-                    if rid:
-                        aliases[full_url] = f"{inner['resourceType']}/{rid}"
-                visit(inner, f"{epath}.resource")
-            return
-        out.append(Located(path, resource))
-
-    for i, item in enumerate(items):
-        if isinstance(item, Located):
-            visit(item.resource, item.path)
-        elif isinstance(item, tuple):
-            visit(item[1], item[0])
-        else:
-            visit(item, f"{origin}[{i}]")
-    return out, aliases
-
-
-def ref_of(resource: Resource) -> str | None:
-    rtype, rid = resource.get("resourceType"), resource.get("id")
-    if isinstance(rtype, str) and isinstance(rid, str) and rid:
-        return f"{rtype}/{rid}"
-    return None
+    source: object = None
 
 
 def as_list(value: Any, path: str) -> list[Any]:
@@ -165,13 +96,6 @@ class Coded:
     def extend(self, other: Coded) -> None:
         self.codings.extend(other.codings)
         self.texts.extend(other.texts)
-
-
-def reference(value: Any, path: str, aliases: dict[str, str]) -> str | None:
-    obj = as_obj(value, path)
-    if obj is None:
-        return None
-    return normalize_reference(as_str(obj.get("reference"), f"{path}.reference"), aliases)
 
 
 def is_r5(resource: Resource) -> bool:

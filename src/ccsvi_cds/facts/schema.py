@@ -8,9 +8,10 @@ from __future__ import annotations
 
 TRIAL_VALUES = ("approved", "not-approved", "none")
 MS_VALUES = ("yes", "no")
-MS_SUBTYPES = ("relapsing-remitting", "progressive", "unspecified", "none")
+MS_SUBTYPE_DOMAIN = "records.ms_subtypes"  # the subtypes pack.yaml's `records.ms_subtypes` names, and "none"
 
-# field -> classifier name (str) or the fixed tuple of values, or None for free text (e.g. FHIR status)
+# field -> classifier name (str), MS_SUBTYPE_DOMAIN, the fixed tuple of values, or None for free text (e.g. a
+# FHIR status)
 FactFields = dict[str, "str | tuple[str, ...] | None"]
 
 MATCHABLE: dict[str, FactFields] = {
@@ -23,7 +24,7 @@ MATCHABLE: dict[str, FactFields] = {
         "status": None,
         "study_status": None,
     },
-    "patient": {"ms": MS_VALUES, "ms_subtype": MS_SUBTYPES},
+    "patient": {"ms": MS_VALUES, "ms_subtype": MS_SUBTYPE_DOMAIN},
     "procedure": {
         "procedure": "procedure",
         "site": "site",
@@ -35,7 +36,7 @@ MATCHABLE: dict[str, FactFields] = {
 
 # Fields a card template may show besides the matchable ones.
 DISPLAY_ONLY: dict[str, tuple[str, ...]] = {
-    "order": ("ref", "patient", "study", "study_title", "authored", "requester", "text"),
+    "order": ("ref", "patient", "study", "study_title", "authored", "requester", "requester_display", "text"),
     "patient": ("ref", "ms_conditions"),
     "procedure": ("ref", "patient", "performed", "text"),
 }

@@ -16,7 +16,7 @@ from typing import Any
 from jinja2 import TemplateSyntaxError
 from pydantic import BaseModel, ValidationError
 
-from ccsvi_cds.facts.schema import MATCHABLE
+from ccsvi_cds.facts.schema import MATCHABLE, MS_SUBTYPE_DOMAIN
 from ccsvi_cds.rulepack.model import Citation, PackManifest, Rule
 from ccsvi_cds.rulepack.source import Problem, SourceDoc, SourceError, read_doc
 from ccsvi_cds.rulepack.templates import template_env
@@ -272,6 +272,16 @@ def _check_manifest(manifest: PackManifest, doc: SourceDoc, valuesets: dict[str,
                 except re.error as exc:
                     problems.append(doc.problem(("classifiers", name, "values", i, "text", j),
                                                 f"invalid regular expression '{pattern}': {exc}"))
+    _check_records(manifest, doc, problems)
+
+
+def _check_records(manifest: PackManifest, doc: SourceDoc, problems: list[Problem]) -> None:
+    conditions = classifier_values(manifest, "condition")
+    for i, entry in enumerate(manifest.records.ms_subtypes):
+        if entry.condition not in conditions:
+            problems.append(doc.problem(("records", "ms_subtypes", i, "condition"),
+                                        f"'{entry.condition}' is not a value of the condition classifier",
+                                        f"use one of: {', '.join(conditions)}"))
 
 
 def classifier_values(manifest: PackManifest, classifier: str) -> tuple[str, ...]:
@@ -285,6 +295,8 @@ def value_domain(kind: str, fieldname: str, manifest: PackManifest) -> tuple[str
     spec = MATCHABLE[kind][fieldname]
     if spec is None or isinstance(spec, tuple):
         return spec
+    if spec == MS_SUBTYPE_DOMAIN:
+        return manifest.records.subtype_values()
     return classifier_values(manifest, spec)
 
 

@@ -92,6 +92,36 @@ class SourceSpec(_Strict):
     url: str | None = None
 
 
+class MsSubtype(_Strict):
+    condition: str = Field(pattern=ID_PATTERN, description="a value of the condition classifier that means MS")
+    subtype: str = Field(pattern=ID_PATTERN, description="the patient's ms_subtype it gives")
+
+
+class RecordPolicy(_Strict):
+    """How records count: statuses that take a resource out, and how MS evidence ranks."""
+
+    condition_excluded_verification: list[str] = Field(
+        description="Condition.verificationStatus codes that make a Condition (and a reasonReference to it) not count")
+    order_excluded_status: list[str] = Field(description="ServiceRequest.status values never evaluated")
+    procedure_excluded_status: list[str] = Field(description="Procedure.status values that are not prior procedures")
+    ms_subtypes: list[MsSubtype] = Field(min_length=1, description="MS condition values, most specific first")
+
+    def subtype_values(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys([s.subtype for s in self.ms_subtypes] + ["none"]))
+
+
+Hook = Literal["order-select", "order-sign"]
+
+
+class ServiceSpec(_Strict):
+    """One CDS Hooks service the pack offers (its prefetch is derived from what the rules read)."""
+
+    id: str = Field(pattern=ID_PATTERN)
+    hook: Hook
+    title: str = Field(min_length=1)
+    description: str = Field(min_length=1)
+
+
 class PackManifest(_Strict):
     """pack.yaml: what the pack is and what its facts mean."""
 
@@ -102,6 +132,8 @@ class PackManifest(_Strict):
     source: SourceSpec
     classifiers: dict[ClassifierName, Classifier]
     trial: TrialPolicy
+    records: RecordPolicy
+    services: list[ServiceSpec] = Field(min_length=1)
     override_reasons: list[OverrideReason] = Field(default_factory=list)
     links: list[PackLink] = Field(default_factory=list)
     text_context: TextContext | None = None
@@ -111,6 +143,13 @@ class PackManifest(_Strict):
         missing = {"procedure", "site", "vessel", "reason", "condition"} - set(self.classifiers)
         if missing:
             raise ValueError(f"classifiers missing: {', '.join(sorted(missing))}")
+        return self
+
+    @model_validator(mode="after")
+    def _unique_services(self) -> PackManifest:
+        ids = [s.id for s in self.services]
+        if len(ids) != len(set(ids)):
+            raise ValueError(f"services: duplicate service id in {ids}")
         return self
 
 

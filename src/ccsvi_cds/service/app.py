@@ -27,8 +27,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ccsvi_cds.rulepack.model import ServiceSpec
+
 from . import logs
-from .discovery import SERVICES, discovery_document
+from .discovery import discovery_document, services_of
 from .errors import Problem, ServiceError, error_response, outcome_response
 from .feedback_store import Store
 from .hook import HookHandler
@@ -107,12 +109,12 @@ async def authenticate(request: Request, rt: Runtime) -> None:
         await rt.verifier.verify(request.headers.get("authorization"), rt.settings.public_url + request.url.path)
 
 
-def _service(request: Request) -> str:
-    service_id = request.path_params["service_id"]
-    if service_id not in SERVICES:
+def _service(request: Request, rt: Runtime) -> ServiceSpec:
+    service = services_of(rt.rules.current if rt.rules.loaded else None).get(request.path_params["service_id"])
+    if service is None:
         raise ServiceError(404, Problem("no such CDS service here; GET /cds-services lists the services",
                                         code="not-found"))
-    return service_id
+    return service
 
 
 async def discovery(request: Request, rt: Runtime) -> Response:
@@ -122,16 +124,16 @@ async def discovery(request: Request, rt: Runtime) -> Response:
 
 
 async def invoke(request: Request, rt: Runtime) -> Response:
-    service_id = _service(request)
+    service = _service(request, rt)
     await authenticate(request, rt)
     data = parse_json(await read_body(request, rt.settings.max_body_bytes))
-    body, info = await rt.hooks.handle(SERVICES[service_id], data)
+    body, info = await rt.hooks.handle(service, data)
     request.scope.setdefault("ccsvi.log", {}).update(info)
     return json_response(body)
 
 
 async def feedback(request: Request, rt: Runtime) -> Response:
-    service_id = _service(request)
+    service_id = _service(request, rt).id
     await authenticate(request, rt)
     data = parse_json(await read_body(request, rt.settings.max_body_bytes))
     items = validate(FeedbackRequest, data).feedback

@@ -1,56 +1,41 @@
-"""The services this CDS Hooks endpoint offers, and its discovery document."""
+"""The services this CDS Hooks endpoint offers, and its discovery document: all of it from the running pack
+(ids, titles, hooks, descriptions in pack.yaml; prefetch derived from what the rules read)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
-from .prefetch import PREFETCH_TEMPLATES
+from ccsvi_cds.rulepack.model import ServiceSpec
+
 from .state import ActiveRules
 
 PACK_EXTENSION = "org.ccsvi-cds.rule-pack"
 
 
-@dataclass(frozen=True)
-class ServiceDef:
-    id: str
-    hook: str
-    title: str
-    description: str
+def services_of(active: ActiveRules | None) -> dict[str, ServiceSpec]:
+    return {s.id: s for s in active.pack.manifest.services} if active is not None else {}
 
 
-_DESCRIPTION = (
-    "Checks draft orders for venous angioplasty or stenting of the extracranial cerebrospinal veins "
-    "('liberation therapy' for CCSVI) in patients with multiple sclerosis: not recommended outside an "
-    "ethics-approved trial."
-)
-
-SERVICES: dict[str, ServiceDef] = {
-    s.id: s
-    for s in (
-        ServiceDef("ccsvi-order-select", "order-select", "CCSVI venous procedure check (order selection)",
-                   _DESCRIPTION + " Evaluates only the selected orders."),
-        ServiceDef("ccsvi-order-sign", "order-sign", "CCSVI venous procedure check (order signing)",
-                   _DESCRIPTION + " Evaluates all draft orders."),
-    )
-}
-
-USAGE = ("Needs the patient's Conditions, Procedures and ResearchSubjects (prefetch or read from fhirServer "
-         "with fhirAuthorization); orders may link a trial with the workflow-researchStudy extension.")
+def _usage(searched: tuple[str, ...], by_reference: frozenset[str]) -> str:
+    text = f"Reads the patient's {', '.join(searched)} (prefetch, or from fhirServer with fhirAuthorization)"
+    if by_reference:
+        text += f", and any {', '.join(sorted(by_reference))} they reference"
+    return text + "."
 
 
 def discovery_document(active: ActiveRules | None) -> dict[str, Any]:
-    services = []
-    for service in SERVICES.values():
-        entry: dict[str, Any] = {
+    services: list[dict[str, Any]] = []
+    if active is None:
+        return {"services": services}
+    requirements = active.evaluator.requirements
+    for service in active.pack.manifest.services:
+        services.append({
             "hook": service.hook,
             "title": service.title,
             "description": service.description,
             "id": service.id,
-            "prefetch": dict(PREFETCH_TEMPLATES),
-            "usageRequirements": USAGE,
-        }
-        if active is not None:
-            entry["extension"] = {PACK_EXTENSION: active.identity}
-        services.append(entry)
+            "prefetch": requirements.prefetch_templates(),
+            "usageRequirements": _usage(requirements.patient_searches, requirements.by_reference),
+            "extension": {PACK_EXTENSION: active.identity},
+        })
     return {"services": services}

@@ -4,37 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from ccsvi_cds.facts.records import draft_order_keys, resolve_selections
+from ccsvi_cds.rulepack.model import ServiceSpec
+
 from .cards import finalize
-from .discovery import ServiceDef
 from .errors import Problem, ServiceError
 from .feedback_store import DecisionRecord, Store, digest
 from .models import HookRequest, OrderContext, validate
 from .prefetch import PrefetchCompleter
 from .settings import ServiceSettings
 from .state import RuleState
-
-
-def _order_refs(draft_orders: dict[str, Any]) -> dict[str, str]:
-    """"Type/id" and bare id -> "Type/id", for every draft order that has an id."""
-    refs: dict[str, str] = {}
-    for entry in draft_orders.get("entry") or []:
-        res = entry["resource"]
-        if isinstance(res.get("id"), str):
-            ref = f"{res['resourceType']}/{res['id']}"
-            refs[ref] = ref
-            refs.setdefault(res["id"], ref)
-    return refs
-
-
-def resolve_selections(selections: list[str], refs: dict[str, str]) -> list[str]:
-    """Each selection must name a draft order ("Type/id"; a bare id from older clients is accepted)."""
-    out = []
-    for i, sel in enumerate(selections):
-        if sel not in refs:
-            raise ServiceError(400, Problem("selection does not name an order in context.draftOrders",
-                                            ("context", "selections", i), code="value"))
-        out.append(refs[sel])
-    return out
 
 
 class HookHandler:
@@ -45,40 +24,44 @@ class HookHandler:
         self._store = store
         self._completer = completer
 
-    async def handle(self, service: ServiceDef, data: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    async def handle(self, service: ServiceSpec, data: Any) -> tuple[dict[str, Any], dict[str, Any]]:
         """(response body, log fields: ids and counts only) for the request JSON `data`."""
         req: HookRequest = validate(HookRequest, data)
         info: dict[str, Any] = {"service": service.id, "hookInstance": req.hookInstance}
         if req.hook != service.hook:
-            # Not ours to judge (e.g. the spec's patient-view examples): a valid request, nothing to say.
-            info["note"] = f"hook {req.hook} not handled by this service"
-            return {"cards": []}, info
+            raise ServiceError(400, Problem(f"this service ({service.id}) answers the {service.hook} hook, not "
+                                            f"{req.hook[:40]!r}: post to the service for that hook",
+                                            ("hook",), code="not-supported"))
         if req.fhirAuthorization is not None and not req.fhirServer:
             raise ServiceError(400, Problem("fhirServer is required when fhirAuthorization is given",
                                             ("fhirServer",), code="required"))
         context: OrderContext = validate(OrderContext, req.context, ("context",))
         raw_context: dict[str, Any] = data["context"]
         draft_orders: dict[str, Any] = raw_context["draftOrders"]
-        order_refs = _order_refs(draft_orders)
+        order_keys = draft_order_keys(draft_orders)
         if service.hook == "order-select":
             if context.selections is None:
                 raise ServiceError(400, Problem("order-select requires context.selections",
                                                 ("context", "selections"), code="required"))
-            raw_context = {**raw_context, "selections": resolve_selections(context.selections, order_refs)}
+            selected, unknown = resolve_selections(context.selections, order_keys)
+            if unknown:
+                raise ServiceError(400, Problem("selection does not name an order in context.draftOrders",
+                                                ("context", "selections", unknown[0]), code="value"))
+            raw_context = {**raw_context, "selections": selected}
         elif "selections" in raw_context:  # ignored by order-sign: kept out of the input digest
             raw_context = {k: v for k, v in raw_context.items() if k != "selections"}
-        prefetch = await self._completer.complete(req, context, draft_orders)
+        active = self._rules.current  # one read: the pack that evaluates is the pack that is recorded
+        prefetch, read = await self._completer.complete(req, context, active.evaluator, raw_context)
         normalized = {"hook": req.hook, "context": raw_context, "prefetch": prefetch}
         try:  # the digest of what was evaluated: the same clinical input gives the same digest
             input_digest = digest(normalized)
         except TypeError:  # orjson refuses nesting deeper than 255 levels; no FHIR resource needs that
             raise ServiceError(400, Problem("context or prefetch nests JSON deeper than 255 levels",
                                             code="too-costly")) from None
-        active = self._rules.current  # one read: the pack that evaluates is the pack that is recorded
-        result = active.evaluator.evaluate_request(normalized)
+        result = active.evaluator.evaluate_records(read)
         findings = result.findings
         cards, records = finalize(findings, self._settings.legacy_delete_resource)
-        refs = sorted(set(order_refs.values()))
+        refs = sorted(set(order_keys))
         self._store.submit_decision(DecisionRecord(
             hook_instance=req.hookInstance, service_id=service.id, hook=req.hook,
             patient_id=context.patientId, user_id=context.userId, encounter_id=context.encounterId,

@@ -2,32 +2,34 @@
 
 Per key: missing -> fetch it; null -> the client has no data (2.0), unless `refetch_null_prefetch`;
 OperationOutcome -> the client failed to get it: fetch it; empty Bundle -> no data; Bundle with a `next`
-link -> follow the pages. ResearchStudies that orders or ResearchSubjects point to but nobody sent are read
-too (whether a trial is approved decides the card). With nothing to fetch from: 412.
+link -> follow the pages. The templates are derived from what the rules read (DataRequirements), in the
+spec's recommended subset (no _include). Resources the records core follows by reference but nobody sent (a
+ResearchStudy an order is linked to: whether it is approved decides the card) are read by reference: from
+fhirServer (with its token), or from another allowlisted server for an absolute reference (without the
+token). With nothing to fetch from: 412.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import httpx
 
-from ccsvi_cds.facts.extract import RESEARCH_STUDY_EXT
+from ccsvi_cds.facts.records import Records, unresolved
+from ccsvi_cds.facts.references import Ref
 
 from .errors import Problem, ServiceError
 from .fhir_client import DataUnavailable, FhirReader, ServerAllowlist, next_link, under
 from .models import HookRequest, OrderContext
 from .settings import ServiceSettings
 
-PREFETCH_TEMPLATES: dict[str, str] = {
-    "conditions": "Condition?patient={{context.patientId}}",
-    "procedures": "Procedure?patient={{context.patientId}}",
-    "researchSubjects": "ResearchSubject?patient={{context.patientId}}&_include=ResearchSubject:study",
-}
-STUDIES_KEY = "researchStudies"  # filled by the service itself, never a template
+if TYPE_CHECKING:
+    from ccsvi_cds.evaluate import Evaluator
+
+REFERENCED_KEY = "referenced"  # filled by the service itself with what it read by reference, never a template
 
 _MISSING = object()
 
@@ -43,6 +45,7 @@ class PrefetchCompleter:
         self._allow = ServerAllowlist(settings.allow_fhir_servers)
 
     def _reader(self, req: HookRequest, needed: list[str]) -> FhirReader:
+        """A reader for the request's fhirServer, with its token (412 without one, 400 if not allowed)."""
         if not req.fhirServer:
             raise ServiceError(412, Problem(
                 f"prefetch {', '.join(needed)} missing or incomplete and the request names no fhirServer "
@@ -57,15 +60,16 @@ class PrefetchCompleter:
         return FhirReader(self._client, req.fhirServer, token, s.fhir_timeout_s, s.fhir_max_pages,
                           s.fhir_max_entries)
 
-    async def complete(self, req: HookRequest, context: OrderContext,
-                       draft_orders: dict[str, Any]) -> dict[str, Any]:
-        """The prefetch dict with every template key present and complete (plus `researchStudies`)."""
+    async def complete(self, req: HookRequest, context: OrderContext, evaluator: Evaluator,
+                       raw_context: dict[str, Any]) -> tuple[dict[str, Any], Records]:
+        """The prefetch dict with every template key present and complete (plus what was read by reference),
+        and the request's records read from it (so the evaluation does not read them again)."""
         sent = req.prefetch or {}
         done: dict[str, Any] = {}
         to_fetch: dict[str, str] = {}  # key -> relative query
         to_follow: dict[str, dict[str, Any]] = {}  # key -> first page with a next link
         next_links: dict[str, str] = {}
-        for key, template in PREFETCH_TEMPLATES.items():
+        for key, template in evaluator.requirements.prefetch_templates().items():
             value = sent.get(key, _MISSING)
             if value is _MISSING or (value is None and self._settings.refetch_null_prefetch):
                 to_fetch[key] = render(template, context)
@@ -89,12 +93,13 @@ class PrefetchCompleter:
                                                     "point into fhirServer", ("prefetch", key, "link"),
                                                     code="forbidden"))
             done.update(await self._run(reader, to_fetch, to_follow))
-        studies = missing_studies(draft_orders, done)
-        if studies:
-            if reader is None:
-                reader = self._reader(req, [STUDIES_KEY])
-            done[STUDIES_KEY] = await self._studies(reader, sorted(studies))
-        return done
+        request = {"hook": req.hook, "context": raw_context, "prefetch": done}
+        records = evaluator.read_request(request)
+        missing = unresolved(records, evaluator.requirements.by_reference)
+        if missing:
+            done[REFERENCED_KEY] = await self._referenced(req, reader, missing)
+            records = evaluator.read_request(request)  # rare: read again, so what was fetched is checked too
+        return done, records
 
     async def _gather(self, jobs: dict[str, Coroutine[Any, Any, Any]], what: str) -> dict[str, Any]:
         """Run the reads concurrently within the deadline; the first failure cancels the others (412)."""
@@ -120,51 +125,25 @@ class PrefetchCompleter:
     async def _fetch(self, reader: FhirReader, key: str, query: str) -> Any:
         return await reader.search(query, f"prefetch {key}")  # every template is a search
 
-    async def _studies(self, reader: FhirReader, ids: list[str]) -> dict[str, Any]:
-        found = await self._gather({i: reader.get(f"ResearchStudy/{quote(i, safe='')}", "linked ResearchStudy")
-                                    for i in ids}, "reading the linked ResearchStudy")
+    async def _referenced(self, req: HookRequest, reader: FhirReader | None, refs: list[Ref]) -> dict[str, Any]:
+        """Read each reference where it points: fhirServer for relative ones and absolute ones under it (with
+        the token); another allowlisted server for other absolute ones (without it); never elsewhere."""
+        jobs: dict[str, Coroutine[Any, Any, Any]] = {}
+        for ref in refs:
+            if ref.key is None:
+                continue
+            if ref.url is None or (req.fhirServer and under(req.fhirServer, ref.url)):
+                reader = reader or self._reader(req, [REFERENCED_KEY])
+                jobs[ref.key] = reader.get(ref.url or quote(ref.key, safe="/"), f"referenced {ref.key.split('/')[0]}")
+            elif self._allow.allows(ref.url):
+                s = self._settings
+                other = FhirReader(self._client, ref.url, None, s.fhir_timeout_s, s.fhir_max_pages, s.fhir_max_entries)
+                jobs[ref.key] = other.get(ref.url, f"referenced {ref.key.split('/')[0]}")
+            # else: a server the operator did not allow; the reference stays dangling (and is reported)
+        found = await self._gather(jobs, "reading referenced resources") if jobs else {}
         return {"resourceType": "Bundle", "type": "collection",
                 "entry": [{"resource": r} for r in found.values() if r is not None]}
 
 
 def _unavailable(message: str) -> ServiceError:
     return ServiceError(412, Problem(message, ("fhirServer",), code="transient"))
-
-
-def _resources(value: Any) -> list[dict[str, Any]]:
-    if not isinstance(value, dict):
-        return []
-    if value.get("resourceType") == "Bundle":
-        entries = value.get("entry")
-        return [e["resource"] for e in entries if isinstance(e, dict) and isinstance(e.get("resource"), dict)] \
-            if isinstance(entries, list) else []
-    return [value]
-
-
-def _study_id(ref: Any) -> str | None:
-    """Id of a relative `ResearchStudy/<id>` reference (absolute or contained ones are not fetched)."""
-    if isinstance(ref, dict):
-        ref = ref.get("reference")
-    if isinstance(ref, str) and ref.startswith("ResearchStudy/"):
-        rid = ref.split("/", 2)[1]
-        return rid or None
-    return None
-
-
-def missing_studies(draft_orders: dict[str, Any], prefetch: dict[str, Any]) -> set[str]:
-    """Ids of ResearchStudies referenced by draft orders or ResearchSubjects but not present."""
-    wanted: set[str] = set()
-    present: set[str] = set()
-    everything = _resources(draft_orders) + [r for v in prefetch.values() for r in _resources(v)]
-    for res in everything:
-        rtype = res.get("resourceType")
-        if rtype == "ResearchStudy" and isinstance(res.get("id"), str):
-            present.add(res["id"])
-        elif rtype == "ResearchSubject" and (sid := _study_id(res.get("study"))) is not None:
-            wanted.add(sid)
-        extensions = res.get("extension")
-        for ext in extensions if isinstance(extensions, list) else []:
-            if (isinstance(ext, dict) and ext.get("url") == RESEARCH_STUDY_EXT
-                    and (sid := _study_id(ext.get("valueReference"))) is not None):
-                wanted.add(sid)
-    return wanted - present

@@ -1,0 +1,96 @@
+"""The one reader of FHIR references, for every surface.
+
+A reference may be relative (`Condition/1`), absolute (`https://ehr/fhir/Condition/1`), versioned
+(`.../_history/2`), a `urn:uuid:` resolved through a Bundle's fullUrl, a fragment (`#c1`) naming a resource
+contained in the referring one, or conditional (`Practitioner?identifier=...`). Each becomes a `Ref` whose
+`key` is where the resource sits in the input ("Type/id", or "Type/id#c1" for a contained one); a
+conditional or logical reference has no key by design: it is not an error, there is nothing to follow.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+_REF = re.compile(r"^(?:(?P<base>[a-z][a-z0-9+.-]*://[^?#]*?)/)?(?P<type>[A-Z][A-Za-z]+)/(?P<id>[A-Za-z0-9\-.]{1,64})"
+                  r"(?:/_history/[^/?#]+)?/?$")
+
+
+class RefForm(str, Enum):
+    RELATIVE = "relative"
+    ABSOLUTE = "absolute"
+    URN = "urn"  # urn:uuid / urn:oid, meaningful only through a Bundle's fullUrl
+    CONTAINED = "contained"
+    CONDITIONAL = "conditional"  # a search: resolvable by a server, never by us
+    UNREADABLE = "unreadable"  # none of the above (e.g. "Patient/" or free text)
+
+
+@dataclass(frozen=True)
+class Ref:
+    text: str
+    form: RefForm
+    key: str | None  # "Type/id" or "Type/id#cid": where the target sits in the input
+    url: str | None = None  # an absolute URL to read it from (only for ABSOLUTE references)
+
+    @property
+    def type(self) -> str | None:
+        if self.key is None:
+            return None
+        return self.key.split("#", 1)[0].split("/", 1)[0] if self.form is not RefForm.CONTAINED else None
+
+    @property
+    def followable(self) -> bool:
+        """A reference that should resolve in complete data: missing means dangling."""
+        return self.key is not None
+
+
+def read_reference(text: str, aliases: Mapping[str, str] | None = None, container: str | None = None) -> Ref:
+    """Read one `Reference.reference` string. `container`: the key of the resource holding it (for `#id`)."""
+    if text.startswith("#"):
+        if container is None:
+            return Ref(text, RefForm.CONTAINED, None)
+        return Ref(text, RefForm.CONTAINED, container if text == "#" else f"{container.split('#', 1)[0]}{text}")
+    if aliases and text in aliases:
+        return Ref(text, RefForm.URN if text.startswith("urn:") else RefForm.ABSOLUTE, aliases[text],
+                   None if text.startswith("urn:") else text)
+    if text.startswith("urn:"):
+        return Ref(text, RefForm.URN, None)
+    head, sep, tail = text.partition("/")
+    if sep and head[:1].isupper() and tail and "/" not in tail and "?" not in tail and ":" not in head:
+        return Ref(text, RefForm.RELATIVE, text)  # the common case, without the regex
+    if "?" in text:
+        return Ref(text, RefForm.CONDITIONAL, None)
+    m = _REF.match(text)
+    if m is None:
+        return Ref(text, RefForm.UNREADABLE, None)
+    key = f"{m.group('type')}/{m.group('id')}"
+    if m.group("base"):
+        return Ref(text, RefForm.ABSOLUTE, key, text)
+    return Ref(text, RefForm.RELATIVE, key)
+
+
+def normalize_reference(ref: Any, aliases: Mapping[str, str] | None = None) -> str | None:
+    """'Type/id' of a reference string outside any container; None when it has none."""
+    if not ref or not isinstance(ref, str):
+        return None
+    found = read_reference(ref, aliases)
+    return found.key if found.form is not RefForm.CONTAINED else None
+
+
+def rewrite_references(node: Any, full_urls: Mapping[str, str]) -> None:
+    """Rewrite, in place, every `reference` that `full_urls` resolves: once a resource leaves its Bundle
+    (e.g. spilled by the audit), a `urn:uuid` reference means nothing."""
+    if isinstance(node, dict):
+        ref = node.get("reference")
+        if isinstance(ref, str) and ref in full_urls:
+            node["reference"] = full_urls[ref]
+        for v in node.values():
+            if isinstance(v, (dict, list)):
+                rewrite_references(v, full_urls)
+    elif isinstance(node, list):
+        for v in node:
+            if isinstance(v, (dict, list)):
+                rewrite_references(v, full_urls)
