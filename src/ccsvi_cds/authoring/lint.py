@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ccsvi_cds.authoring.cases import LoadedCase, load_cases, run_cases
 from ccsvi_cds.authoring.reachability import check_reachability
+from ccsvi_cds.authoring.render_check import check_rendering
 from ccsvi_cds.authoring.template_check import check_templates
 from ccsvi_cds.rulepack.loader import VALUESETS, RulePack, check_pack
 from ccsvi_cds.rulepack.source import Problem, SourceDoc
@@ -112,6 +113,7 @@ def lint_pack(root: Path | str, *, run_case_inputs: bool = True) -> LintResult:
             problems += check_reachability(pack, rule, doc)
     cases, case_problems = load_cases(root, pack)
     problems += case_problems
+    problems += check_rendering(pack, cases, problems)  # cards render with the cases' and synthetic facts
     if run_case_inputs and not any(p.severity == "error" for p in problems):
         problems += check_case_coverage(pack, cases, docs)
     return LintResult(pack, sorted(set(problems)))

@@ -146,10 +146,12 @@ async def feedback(request: Request, rt: Runtime) -> Response:
 
 async def health(request: Request, rt: Runtime) -> Response:
     ok = rt.rules.loaded
-    return json_response({"status": "ok" if ok else "starting",
+    status = ("degraded" if rt.rules.cards_failing else "ok") if ok else "starting"  # degraded: still 200
+    return json_response({"status": status,
                           "rulePack": rt.rules.current.identity if ok else None,
                           "auth": "jwt" if rt.verifier is not None else "off",
                           "rulePackReload": _reload_status(request),
+                          "cardRenderErrors": rt.rules.card_error_status(),
                           "pid": os.getpid()}, 200 if ok else 503)
 
 
