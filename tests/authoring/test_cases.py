@@ -94,7 +94,7 @@ def test_expected_input_issues_are_checked(pack_dir: Path) -> None:
         "    expect: {cards: []}\n")
     pack = load_pack(pack_dir)
     cases, problems = load_cases(pack_dir, pack)
-    assert [p.severity for p in problems] == ["warning"]  # the file name differs from the rule id
+    assert problems == []  # a file named for a topic (not for another rule) may hold a rule's cases
     extra = [c for c in cases if c.file.endswith("extra.yaml")]
     (result,) = run_cases(pack, extra).results
     assert not result.passed
@@ -110,3 +110,15 @@ def test_case_format_errors_are_located(pack_dir: Path) -> None:
     line, col = position(cases_file, "input: {file: ../../fhir_examples/positive-trial-extension.json, resources")
     assert f"{cases_file}:{line}:{col}: error:" in result.output
     assert "give exactly one of file, request, resources (got file, resources)" in result.output
+
+
+def test_a_case_file_named_after_another_rule_warns_a_topic_file_does_not(pack_dir: Path) -> None:
+    cases = pack_dir / "cases"
+    (cases / "ccsvi-trial.yaml").rename(cases / "venous-stent-ms.yaml.tmp")
+    (cases / "venous-stent-ms.yaml").rename(cases / "ccsvi-trial.yaml")
+    (cases / "venous-stent-ms.yaml.tmp").rename(cases / "venous-stent-ms.yaml")
+    _, problems = load_cases(pack_dir, load_pack(pack_dir))
+    assert sorted(str(p).split(": warning: ")[1] for p in problems) == [
+        "case file for 'ccsvi-trial' is named 'venous-stent-ms.yaml' (fix: rename it to ccsvi-trial.yaml)",
+        "case file for 'venous-stent-ms' is named 'ccsvi-trial.yaml' (fix: rename it to venous-stent-ms.yaml)"]
+    assert not [p for p in load_cases(REPO / "rules", load_pack(REPO / "rules"))[1]]  # cases/text-context.yaml

@@ -128,10 +128,10 @@ def load_cases(root: Path | str, pack: RulePack | None) -> tuple[list[LoadedCase
 
 def _check_file(parsed: CaseFile, doc: SourceDoc, pack: RulePack | None) -> list[Problem]:
     problems: list[Problem] = []
-    if doc.path.stem != parsed.rule:
+    rules = {r.id: r for r in pack.rules} if pack is not None else None
+    if doc.path.stem != parsed.rule and rules is not None and doc.path.stem in rules:  # a topic file is fine
         problems.append(doc.problem(("rule",), f"case file for '{parsed.rule}' is named '{doc.path.name}'",
                                     f"rename it to {parsed.rule}.yaml", severity="warning"))
-    rules = {r.id: r for r in pack.rules} if pack is not None else None
     if rules is not None and parsed.rule not in rules:
         problems.append(doc.problem(("rule",), f"unknown rule id '{parsed.rule}'",
                                     f"use one of: {', '.join(sorted(rules))}"))

@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any
 
 from ccsvi_cds.facts.fhir import Coded, Coding
+from ccsvi_cds.facts.mentions import TextReader
 from ccsvi_cds.facts.terminology import canonical_coding, canonical_system, code_filter
 from ccsvi_cds.rulepack.loader import VALUESETS, RulePack
 
@@ -53,6 +55,7 @@ class CompiledClassifier:
     by_code: tuple[tuple[str, Members], ...]
     text_values: tuple[str, ...]  # value of each named group g0, g1, ... in priority order
     text_pattern: re.Pattern[str] | None  # one alternation: a single scan of the text finds every entry
+    mentions: Callable[[str], frozenset[int]] | None = None  # entries a text mentions in context (mentions.py)
 
     def classify(self, coded: Coded, known: Members) -> str:
         codes = [canonical_coding(*c) for c, _ in coded.codings]
@@ -60,16 +63,12 @@ class CompiledClassifier:
             for value, members in self.by_code:
                 if any(c in members for c in codes):
                     return value
-        if self.text_pattern is None:
+        if self.text_pattern is None or self.mentions is None:
             return self.default
         texts = coded.texts + [display for (c, (_, display)) in zip(codes, coded.codings, strict=True)
                                if display and c not in known]
         if texts:
-            best = len(self.text_values)
-            for m in self.text_pattern.finditer("\n".join(" ".join(t.split()) for t in texts)):
-                best = min(best, int(m.lastgroup[1:]))  # type: ignore[index]
-                if best == 0:
-                    break
+            best = min((i for text in texts for i in self.mentions(text)), default=len(self.text_values))
             if best < len(self.text_values):
                 return self.text_values[best]
         return self.default
@@ -138,4 +137,7 @@ def compile_classifiers(pack: RulePack) -> Classifiers:
         )
         pattern = re.compile(alternation, re.IGNORECASE) if texts else None
         compiled[name] = CompiledClassifier(spec.default, by_code, tuple(e.value for e in texts), pattern)
+    reader = TextReader({n: c.text_pattern for n, c in compiled.items() if c.text_pattern},
+                        pack.manifest.text_context)
+    compiled = {n: replace(c, mentions=partial(reader.usable, n)) for n, c in compiled.items()}
     return Classifiers(compiled, _members(pack, pack.valuesets))

@@ -41,6 +41,35 @@ class Classifier(_Strict):
 ClassifierName = Literal["procedure", "site", "vessel", "reason", "condition"]
 
 
+ContextCategory = Literal["NEGATED_EXISTENCE", "POSSIBLE_EXISTENCE", "HISTORICAL", "HYPOTHETICAL", "FAMILY"]
+
+
+class ContextRule(_Strict):
+    """One extra medspaCy ConText rule: a trigger phrase and the direction of the text it modifies."""
+
+    literal: str = Field(min_length=1, description="the trigger phrase (matched on lower-cased tokens)")
+    category: ContextCategory
+    direction: Literal["FORWARD", "BACKWARD", "BIDIRECTIONAL", "TERMINATE"] = "FORWARD"
+    pattern: list[dict[str, object]] | None = Field(
+        default=None, description="spaCy token pattern, e.g. [{LOWER: ruled}, {LOWER: out}]; default: the literal")
+
+
+class TextContext(_Strict):
+    """How a text mention is read in context (medspaCy ConText): which mentions do not count.
+
+    Uncertain mentions (POSSIBLE_EXISTENCE) always count, the way a provisional diagnosis does.
+    """
+
+    ignore: list[ContextCategory] = Field(description="a mention with one of these categories does not count")
+    ignore_also: dict[ClassifierName, list[ContextCategory]] = Field(
+        default_factory=dict, description="more categories that do not count for one classifier")
+    abbreviations: dict[str, str] = Field(
+        default_factory=dict, description="whole words expanded before matching (lower case), e.g. pta: ...")
+    rules: list[ContextRule] = Field(default_factory=list, description="ConText rules added to medspaCy's")
+    drop_default_rules: list[str] = Field(
+        default_factory=list, description="literals of medspaCy default rules not to use")
+
+
 class TrialPolicy(_Strict):
     approved_study_status: list[str] = Field(min_length=1)
     enrolled_subject_status: list[str] = Field(min_length=1)
@@ -107,6 +136,7 @@ class PackManifest(_Strict):
     services: list[ServiceSpec] = Field(min_length=1)
     override_reasons: list[OverrideReason] = Field(default_factory=list)
     links: list[PackLink] = Field(default_factory=list)
+    text_context: TextContext | None = None
 
     @model_validator(mode="after")
     def _all_classifiers(self) -> PackManifest:
