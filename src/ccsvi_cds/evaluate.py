@@ -67,13 +67,19 @@ class Evaluator:
         self.pack = pack
         self.validate = validate
         self.requirements: DataRequirements = data_requirements(pack)
-        self._project = Projector(compile_classifiers(pack), pack.manifest.trial, pack.manifest.records)
+        self._classify = compile_classifiers(pack)
+        self._project = Projector(self._classify, pack.manifest.trial, pack.manifest.records)
         self._engine = RuleEngine(compile_rules(pack.rules), name=pack.name)
         self._cards = CardBuilder(pack, base_url)
         self._rules = {r.id: r for r in pack.rules}
         self._priority = {r.id: r.priority for r in pack.rules}
         admit = admission_filter(pack.rules)
         self._admit = {kind: tuple(fields.items()) for kind, fields in admit.items()}
+
+    def warm(self) -> None:
+        """Load what is otherwise loaded on first use (the clinical-text pipeline): for a service, whose first
+        request must not wait seconds; an audit that never meets such text never pays for it."""
+        self._classify.warm()
 
     def _admitted(self, fact: dict[str, Any]) -> bool:
         constraints = self._admit.get(fact["kind"])

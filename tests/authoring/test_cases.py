@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from click.testing import CliRunner
@@ -50,7 +51,7 @@ def test_failing_case_shows_a_card_diff(pack_dir: Path) -> None:
               "       expected: 'stent migrated to the lung'\n"
               "       actual:   'A jugular stent migrated to the heart, and a programme stopped stenting after a death")
     assert detail in result.output
-    assert "37 passed, 4 failed, 41 case(s)" in result.output
+    assert re.search(r"\d+ passed, 4 failed, \d+ case\(s\)", result.output)
 
 
 def test_missing_and_unexpected_cards_side_by_side(pack_dir: Path) -> None:

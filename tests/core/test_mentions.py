@@ -188,7 +188,7 @@ def test_reading_text_writes_nothing_to_stdout_or_stderr(pack, capfd):
 def test_results_are_memoised_per_normalised_text(pack):
     reader = TextReader({"condition": re.compile(r"(?P<g0>multiple sclerosis)")}, pack.manifest.text_context)
     reader.usable("condition", "MS ruled out")
-    reader.usable("condition", "ms   RULED out")
+    reader.usable("condition", "MS   RULED out")
     assert list(reader.cache) == ["multiple sclerosis ruled out"]
 
 
@@ -236,3 +236,12 @@ def test_order_text_abbreviation_and_history(fired):
     duplex = order(None, None, text="Duplex ultrasound of neck veins, history of jugular venoplasty", body=None)
     assert fired(patient(), ms, duplex) == []
     assert fired(patient(), ms, order(CPT, "37248", text="IJV PTV", body=None)) == [ANGIO]
+
+
+def test_capitalised_abbreviations_match_only_as_written(pack):
+    """MS is multiple sclerosis; Ms (a title) and ms (milliseconds) are not."""
+    reader = TextReader({"condition": re.compile(r"(?P<g0>multiple sclerosis)")}, pack.manifest.text_context)
+    assert reader.usable("condition", "Known MS, stable") == frozenset({0})
+    assert reader.usable("condition", "Seen by Ms Jones") == frozenset()
+    assert reader.usable("condition", "latency 40 ms") == frozenset()
+    assert reader.normalise("S/P IJV angioplasty") == "status post internal jugular vein angioplasty"

@@ -78,8 +78,14 @@ class CompiledClassifier:
 class Classifiers:
     by_name: dict[str, CompiledClassifier]
     known: Members  # every coding (and compose rule) of any value set of the pack
+    text: TextReader | None = None  # what reads the pack's text targets in context
 
     cache: dict[tuple[object, ...], str] = field(default_factory=dict, compare=False, repr=False)
+
+    def warm(self) -> None:
+        """Build the clinical-text pipeline now (a service start-up), not on the first text that needs it."""
+        if self.text is not None:
+            self.text.warm()
 
     def __call__(self, name: str, coded: Coded) -> str:
         """Memoised: clinical data repeats the same few codes and texts endlessly, and this is pure."""
@@ -140,4 +146,4 @@ def compile_classifiers(pack: RulePack) -> Classifiers:
     reader = TextReader({n: c.text_pattern for n, c in compiled.items() if c.text_pattern},
                         pack.manifest.text_context)
     compiled = {n: replace(c, mentions=partial(reader.usable, n)) for n, c in compiled.items()}
-    return Classifiers(compiled, _members(pack, pack.valuesets))
+    return Classifiers(compiled, _members(pack, pack.valuesets), reader)

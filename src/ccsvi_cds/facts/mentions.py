@@ -66,6 +66,18 @@ def context_rules(context: TextContext) -> list[ContextRuleDict]:
     return rules + [r.model_dump(exclude_none=True) for r in context.rules]
 
 
+def _abbreviation_key(value: str) -> str:
+    key = _SPACES.sub("", value.strip())
+    return key if key != key.lower() else key.lower()
+
+
+def _abbreviation_pattern(key: str) -> str:
+    """Whole tokens, spacing free around punctuation; exact case if the pack wrote capitals."""
+    phrase = "".join(re.escape(c) if c.isalnum() else rf"\s*{re.escape(c)}\s*" for c in key)
+    word = rf"(?<![A-Za-z0-9]){phrase}(?![A-Za-z0-9])"
+    return word if key != key.lower() else f"(?i:{word})"
+
+
 def _word(value: str) -> str:
     """`value` as whole tokens; spacing free around punctuation and between words (the tokenizer's view)."""
     phrase = "".join(re.escape(c) if c.isalnum() else rf"\s*{re.escape(c)}\s*" if not c.isspace() else r"\s*"
@@ -150,10 +162,12 @@ class TextReader:
             for name in self.targets} if ctx else {}
         excluding: set[str] = set(ctx.ignore).union(*ctx.ignore_also.values()) if ctx else set()
         self.triggers = trigger_pattern(self.rules, excluding) if ctx else None
-        abbreviations = {_SPACES.sub("", k.lower()): v.lower() for k, v in (ctx.abbreviations if ctx else {}).items()}
+        # an abbreviation written with capitals in the pack matches only as written ("MS", never the title
+        # "Ms"); one written in lower case matches in any case ("s/p", "S/P")
+        abbreviations = {_abbreviation_key(k): v.lower() for k, v in (ctx.abbreviations if ctx else {}).items()}
         self.abbreviations = abbreviations
-        self.abbreviation = re.compile("|".join(_word(a) for a in sorted(abbreviations, key=len, reverse=True))
-                                       ) if abbreviations else None
+        self.abbreviation = re.compile("|".join(
+            _abbreviation_pattern(a) for a in sorted(abbreviations, key=len, reverse=True))) if abbreviations else None
         self.nlp: Language | None = None
 
     def warm(self) -> None:
@@ -163,12 +177,17 @@ class TextReader:
 
     def normalise(self, text: str) -> str:
         """Case, spacing, dashes and quotes, contractions, then the pack's abbreviations spelt out."""
-        text = _DASHES.sub("-", unicodedata.normalize("NFKC", text)).translate(_QUOTES).lower()
+        text = _DASHES.sub("-", unicodedata.normalize("NFKC", text)).translate(_QUOTES)
+        if self.abbreviation is not None:
+            text = self.abbreviation.sub(self._spelt, text)
+        text = text.lower()
         for pattern, spelt in _CONTRACTIONS:
             text = pattern.sub(spelt, text)
-        if self.abbreviation is not None:
-            text = self.abbreviation.sub(lambda m: self.abbreviations[_SPACES.sub("", m.group(0))], text)
         return _SPACES.sub(" ", text).strip()
+
+    def _spelt(self, match: re.Match[str]) -> str:
+        key = _SPACES.sub("", match.group(0))
+        return self.abbreviations.get(key) or self.abbreviations[key.lower()]
 
     def usable(self, target: str, text: str) -> frozenset[int]:
         """The entries of classifier `target` that `text` mentions in a context that counts."""

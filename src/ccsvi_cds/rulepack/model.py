@@ -64,7 +64,8 @@ class TextContext(_Strict):
     ignore_also: dict[ClassifierName, list[ContextCategory]] = Field(
         default_factory=dict, description="more categories that do not count for one classifier")
     abbreviations: dict[str, str] = Field(
-        default_factory=dict, description="whole words expanded before matching (lower case), e.g. pta: ...")
+        default_factory=dict, description="whole words expanded before matching; written with capitals (MS) they "
+                                          "match only as written, in lower case (s/p) in any case")
     rules: list[ContextRule] = Field(default_factory=list, description="ConText rules added to medspaCy's")
     drop_default_rules: list[str] = Field(
         default_factory=list, description="literals of medspaCy default rules not to use")

@@ -85,7 +85,9 @@ class RuleState:
         """
         from ccsvi_cds.evaluate import Evaluator
 
-        active = ActiveRules(pack=pack, evaluator=Evaluator(pack, **self._options))
+        evaluator = Evaluator(pack, **self._options)
+        evaluator.warm()
+        active = ActiveRules(pack=pack, evaluator=evaluator)
         self._active = active
         _freeze_heap()
         return active
