@@ -209,8 +209,13 @@ def _spark_available() -> bool:
     return shutil.which("java") is not None
 
 
+def _cpu(r: dict[str, Any]) -> str:
+    return f"; by CPU time, with 2 cores to itself: {r['ratio_cpu_2cores']:.0%}"
+
+
 def _targets(by: dict[tuple[str, str, int], dict[str, Any]]) -> list[tuple[str, str, bool]]:
-    """(what, measured, met) for every target of the performance issue that this run measured."""
+    """(what, measured, met) for every target of the performance issue that this run measured. The verdict
+    is by wall clock, as the targets are; the CPU-time lens beside it tells a busy machine from a slow audit."""
     out = []
     for (engine, shape, n), r in sorted(by.items()):
         if n < 1_000_000:
@@ -218,13 +223,13 @@ def _targets(by: dict[tuple[str, str, int], dict[str, Any]]) -> list[tuple[str, 
         label = f"{shape} {n / 1e6:g}M {engine}"
         if engine == "embedded" and shape == "referral":
             out.append((f"{label}: >= {REFERRAL_RATIO:.0%} of the 1-process parse-only rate",
-                        f"{r['ratio_1p']:.0%} ({r['rate']:,.0f} vs {r['ceiling_1p']:,.0f}/s)",
+                        f"{r['ratio_1p']:.0%} ({r['rate']:,.0f} vs {r['ceiling_1p']:,.0f}/s){_cpu(r)}",
                         r["ratio_1p"] >= REFERRAL_RATIO))
             out.append((f"{label}: peak RSS of the process tree < {REFERRAL_RSS >> 20} MiB",
                         f"{r['peak_rss'] / 2**20:,.0f} MiB", r["peak_rss"] < REFERRAL_RSS))
         elif engine == "embedded":
             out.append((f"{label}: no slower than today (>= {TODAY_RATIO:.0%} of the 1-process parse-only rate)",
-                        f"{r['ratio_1p']:.0%} ({r['rate']:,.0f} vs {r['ceiling_1p']:,.0f}/s)",
+                        f"{r['ratio_1p']:.0%} ({r['rate']:,.0f} vs {r['ceiling_1p']:,.0f}/s){_cpu(r)}",
                         r["ratio_1p"] >= TODAY_RATIO))
             out.append((f"{label}: >= {TARGET_RATE:,} resources/s", f"{r['rate']:,.0f}", r["rate"] >= TARGET_RATE))
             out.append((f"{label}: peak RSS of the process tree < {TARGET_RSS >> 20} MiB",
