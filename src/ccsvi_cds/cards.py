@@ -1,10 +1,16 @@
-"""Findings into CDS Hooks 2.0 cards: the rule's card spec rendered against the facts that matched."""
+"""Findings into CDS Hooks 2.0 cards: the rule's card spec rendered against the facts that matched.
+
+A card that cannot be built raises `CardRenderError` naming its rule: the caller drops that one card and
+keeps the others, so one broken template never costs the clinician every other warning.
+"""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
 from typing import Any
+
+from jinja2 import TemplateError
 
 from ccsvi_cds.rulepack.loader import RulePack
 from ccsvi_cds.rulepack.model import Rule
@@ -15,16 +21,52 @@ EXTENSION_PREFIX = "org.ccsvi-cds"
 _NAMESPACE = uuid.UUID("5d6c2a57-43c3-4a1c-9e8e-6f1f3f2f8f61")
 
 
+class CardRenderError(Exception):
+    """The card of `rule_id` could not be built; `template_line` is the detail template's line, if known.
+
+    The message names exception types and template names only, never the facts' values (no PHI in logs).
+    """
+
+    def __init__(self, rule_id: str, message: str, template_line: int | None = None) -> None:
+        super().__init__(f"rule {rule_id}: {message}")
+        self.rule_id = rule_id
+        self.message = message
+        self.template_line = template_line
+
+
+# Exceptions whose text names types, template names or fields, not data values (ValueError may quote data).
+_DESCRIBED = (TemplateError, TypeError, AttributeError, KeyError, ZeroDivisionError, IndexError)
+
+
+def template_line(exc: BaseException) -> int | None:
+    """The detail template's line where `exc` was raised (Jinja2 rewrites template frames as '<template>')."""
+    line = None
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == "<template>":
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    return line
+
+
+def render_error(rule_id: str, exc: Exception) -> CardRenderError:
+    what = f"{type(exc).__name__}: {exc}"[:300] if isinstance(exc, _DESCRIBED) else type(exc).__name__
+    line = template_line(exc)
+    where = f"detail template line {line}" if line is not None else "card"
+    return CardRenderError(rule_id, f"{where}: {what}", line)
+
+
 def suggestion_uuid(pack_name: str, rule_id: str, order_ref: str, index: int) -> str:
     """Stable across calls so that feedback on a suggestion can be traced back to it."""
     return str(uuid.uuid5(_NAMESPACE, f"{pack_name}|{rule_id}|{order_ref}|{index}"))
 
 
 class CardBuilder:
-    def __init__(self, pack: RulePack, base_url: str) -> None:
+    def __init__(self, pack: RulePack, base_url: str, *, strict: bool = False) -> None:
+        """strict: undefined names and fields raise (the checks before a pack is accepted), see templates.py."""
         self.pack = pack
         self.base_url = base_url.rstrip("/")
-        self.env = template_env(pack.evidence)
+        self.env = template_env(pack.evidence, strict=strict)
         self._details = {r.id: self.env.from_string(inline_citations(r.card.detail, pack.evidence)) for r in pack.rules}
         self._reasons = {r.code: r for r in pack.manifest.override_reasons}
         self._links = {link.id: link for link in pack.manifest.links}
@@ -47,7 +89,16 @@ class CardBuilder:
         }
 
     def build(self, rule: Rule, facts: Mapping[str, Mapping[str, Any]], matched: Mapping[str, Any]) -> dict[str, Any]:
-        """facts: the template context (matched aliases plus `order` and `patient`); matched: for the record."""
+        """facts: the template context (matched aliases plus `order` and `patient`); matched: for the record.
+
+        Raises CardRenderError (and nothing else) when the card cannot be built.
+        """
+        try:
+            return self._build(rule, facts, matched)
+        except Exception as exc:
+            raise render_error(rule.id, exc) from exc
+
+    def _build(self, rule: Rule, facts: Mapping[str, Mapping[str, Any]], matched: Mapping[str, Any]) -> dict[str, Any]:
         order_ref = facts["order"]["ref"]
         spec = rule.card
         static = self._static[rule.id]

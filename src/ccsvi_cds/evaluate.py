@@ -11,13 +11,13 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ccsvi_cds.cards import CardBuilder
+from ccsvi_cds.cards import CardBuilder, CardRenderError
 from ccsvi_cds.engine import Match, RuleEngine
 from ccsvi_cds.facts.classify import compile_classifiers
 from ccsvi_cds.facts.extract import PatientFacts, Projector
 from ccsvi_cds.facts.fhir import Located
 from ccsvi_cds.facts.issues import Issue, IssueKind
-from ccsvi_cds.facts.records import Item, Records, is_hook_request, read_records, read_request
+from ccsvi_cds.facts.records import Item, Records, read_document, read_records, read_request
 from ccsvi_cds.facts.requirements import DataRequirements, data_requirements
 from ccsvi_cds.facts.validate import validation_errors
 from ccsvi_cds.rulepack.compiler import admission_filter, compile_rules, rule_id_of
@@ -53,6 +53,7 @@ class Evaluation:
     findings: list[Finding] = field(default_factory=list)
     issues: list[Issue] = field(default_factory=list)
     orders_evaluated: int = 0
+    card_errors: list[CardRenderError] = field(default_factory=list)  # findings dropped: their card failed
 
     @property
     def cards(self) -> list[dict[str, Any]]:
@@ -103,11 +104,8 @@ class Evaluator:
 
     def evaluate_document(self, data: Any, origin: str) -> Evaluation:
         """A JSON document as users hand it over: a CDS Hooks request, a FHIR resource or Bundle, or a list."""
-        if is_hook_request(data):
-            return self.evaluate_request(data)
-        if isinstance(data, list):
-            return self.evaluate([Located(f"{origin}[{i}]", r) for i, r in enumerate(data)])
-        return self.evaluate([Located(origin, data)])
+        return self.evaluate_records(read_document(data, origin, self.requirements.types,
+                                                   self._check if self.validate else None))
 
     def evaluate(self, resources: Iterable[Item], targets: Collection[str] | None = None, *,
                  default_patient: str | None = None) -> Evaluation:
@@ -125,12 +123,13 @@ class Evaluator:
             if not any(f["kind"] == "order" for f in facts):
                 continue
             matches = self._engine.run(facts)
-            result.findings.extend(self._findings(group, matches))
+            result.findings.extend(self._findings(group, matches, result.card_errors))
         result.findings.sort(key=lambda f: (f.patient_ref or "", f.order_ref, SEVERITY[f.indicator],
                                             self._priority[f.rule_id], f.rule_id))
         return result
 
-    def _findings(self, group: PatientFacts, matches: list[Match]) -> list[Finding]:
+    def _findings(self, group: PatientFacts, matches: list[Match],
+                  card_errors: list[CardRenderError]) -> list[Finding]:
         seen: dict[tuple[str, str], Any] = {}
         for match in sorted(matches, key=lambda m: (m.rule, sorted((a, f.get("ref", "")) for a, f in m.facts.items()))):
             rule = self._rules[rule_id_of(match.rule)]
@@ -141,7 +140,11 @@ class Evaluator:
             full = {alias: group.fact(f["ref"]) or f for alias, f in match.facts.items()}
             context = {**full, "order": full[rule.order], "patient": group.facts[0]}
             matched = {alias: {k: v for k, v in f.items() if v is not None} for alias, f in full.items()}
-            card = self._cards.build(rule, context, matched)
+            try:
+                card = self._cards.build(rule, context, matched)
+            except CardRenderError as exc:  # skip this finding only; the caller reports it
+                card_errors.append(exc)
+                continue
             order = full[rule.order]
             located = group.orders[order_ref]
             out.append(Finding(

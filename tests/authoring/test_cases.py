@@ -48,7 +48,7 @@ def test_failing_case_shows_a_card_diff(pack_dir: Path) -> None:
     detail = (f"FAIL {cases_file}:{line}:{col + 2} [venous-stent-ms] azygos stent, secondary progressive MS\n"
               "     detail of venous-stent-ms on ServiceRequest/sr-1002 does not contain 'stent migrated to the lung'\n")
     assert detail in result.output
-    assert "23 passed, 2 failed, 25 case(s)" in result.output
+    assert "37 passed, 4 failed, 41 case(s)" in result.output
 
 
 def test_missing_and_unexpected_cards_side_by_side(pack_dir: Path) -> None:

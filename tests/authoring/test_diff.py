@@ -72,7 +72,7 @@ def test_audit_input_and_changed_card_text(tmp_path: Path) -> None:
         (export / f"{rtype}.ndjson").write_text("\n".join(lines) + "\n")
     new = tmp_path / "new"
     shutil.copytree(REPO / "rules", new)
-    edit(new / "repeat-venous-procedure.yaml", "- **Restenosis is the rule, not the exception:**",
+    edit(new / "repeat-venous-procedure.yaml", "- **The veins narrow again:**",
          "- **Restenosis is common:**")
     old_pack, new_pack = load_pack(REPO / "rules"), load_pack(new)
     report = diff_packs(old_pack, new_pack, [str(export)])
@@ -82,7 +82,7 @@ def test_audit_input_and_changed_card_text(tmp_path: Path) -> None:
         f"{export}/ServiceRequest.ndjson", "ServiceRequest/sr-1006", "changed", "repeat-venous-procedure")
     lines = change.lines()
     assert lines[0] == "~ warning   repeat-venous-procedure"
-    assert any(line.startswith("    -- **Restenosis is the rule, not the exception:**") for line in lines)
+    assert any(line.startswith("    -- **The veins narrow again:**") for line in lines)
     assert any(line.startswith("    +- **Restenosis is common:**") for line in lines)
     as_json = CliRunner().invoke(rules, ["diff", "--old", str(REPO / "rules"), "--new", str(new), "--format", "json",
                                          str(export)])

@@ -32,8 +32,8 @@ from ccsvi_cds.rulepack import load_pack
 from ccsvi_cds.service.state import RuleState
 
 CCSVI = str(Path(sys.executable).parent / "ccsvi-cds")
-OLD_SUMMARY = ("Venous stenting for CCSVI in MS: no benefit in trials, and stent migration, thrombosis and deaths "
-               "were reported. Do not place.")
+OLD_SUMMARY = ("Venous stenting for CCSVI in MS: trials of venous angioplasty found no benefit; stent migration and "
+               "deaths were reported")
 NEW_SUMMARY = "Do not place a venous stent for CCSVI: no benefit in trials; migration, thrombosis and deaths reported"
 
 
@@ -240,3 +240,26 @@ def test_files_changing_while_read_are_not_swapped_in(pack_dir: Path, monkeypatc
         assert outcome.status == "loaded" and state.current.pack.version == "1.0.2"
 
     asyncio.run(scenario())
+
+
+def test_a_template_that_fails_only_with_data_is_refused_and_the_old_pack_serves(
+        service: tuple[str, Path, Path], pack_dir: Path) -> None:
+    """Issue 10 item 1: lint-clean names, but `None | length` at render time. Refused before any request sees it."""
+    url, _, _ = service
+    old_digest = load_pack(pack_dir).digest
+    rule = pack_dir / "venous-stent-ms.yaml"
+    broken = "{{ order.study_title | length }}"
+    with Load(url, threads=2) as load:
+        _wait_until(lambda: load.count() >= 10)
+        edit(rule, "**Do not place a venous stent", f"**Do not place ({broken}) a venous stent")
+        refused = _wait_for(url, lambda h: (h["rulePackReload"]["last"] or {}).get("status") == "refused")
+        seen = load.count()
+        _wait_until(lambda: load.count() >= seen + 20)
+    line, col = position(rule, broken)
+    errors = refused["rulePackReload"]["last"]["errors"]
+    assert len(errors) == 1 and errors[0].startswith(f"{rule}:{line}:{col}: error: the card of rule 'venous-stent-ms'")
+    assert "TypeError: object of type 'NoneType' has no len()" in errors[0]
+    assert refused["rulePack"]["digest"] == old_digest and refused["status"] == "ok"
+    assert load.errors == [] and {status for status, _ in load.answers} == {200}
+    assert all(body["cards"][0]["extension"]["org.ccsvi-cds.pack"]["digest"] == old_digest
+               for _, body in load.answers)

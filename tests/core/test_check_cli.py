@@ -29,6 +29,10 @@ EXPECTED = {
     "negative-ms-refuted.json": [],
     "negative-ms-entered-in-error.json": [],
     "negative-cis-without-ms.json": [],
+    "positive-pta-azygos-text.json": ["venous-angioplasty-ms"],
+    "positive-jugular-open-icd-spellings.json": ["venous-angioplasty-ms"],
+    "negative-transverse-sinus-iih.json": [],
+    "negative-innominate-dialysis-access.json": [],
 }
 
 

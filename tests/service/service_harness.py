@@ -163,3 +163,64 @@ class FakeFhir:
                 return self._send(404, {"resourceType": "OperationOutcome", "issue": []})
 
         return Handler
+
+
+# --- a recording HTTP server for hardening tests (JWKS host, hostile FHIR server) ---------------------
+
+
+class RecordingServer:
+    """Answers every GET with `respond(path_and_query)` -> (status, body, headers) and records each request
+    (raw path, Authorization) in `requests`. `delay_s` holds each answer back; `sent` counts body bytes
+    actually written (a client that stops reading makes the write fail)."""
+
+    def __init__(self, respond: Any) -> None:
+        self.respond = respond
+        self.delay_s = 0.0
+        self.requests: list[dict[str, Any]] = []
+        self.sent = 0
+        self._lock = threading.Lock()
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._server.daemon_threads = True
+        self.base = f"http://127.0.0.1:{self._server.server_address[1]}"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def paths(self) -> list[str]:
+        return [r["path"] for r in self.requests]
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        rec = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                return None
+
+            def do_GET(self) -> None:
+                with rec._lock:
+                    rec.requests.append({"path": self.path, "authorization": self.headers.get("Authorization")})
+                if rec.delay_s:
+                    time.sleep(rec.delay_s)
+                status, body, headers = rec.respond(self.path)
+                self.send_response(status)
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                chunks = body if isinstance(body, list) else [body]
+                if not isinstance(body, list):
+                    self.send_header("Content-Length", str(len(body)))
+                else:
+                    self.send_header("Connection", "close")
+                self.end_headers()
+                try:
+                    for chunk in chunks:
+                        self.wfile.write(chunk)
+                        with rec._lock:
+                            rec.sent += len(chunk)
+                except OSError:
+                    self.close_connection = True
+
+        return Handler

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +68,7 @@ def test_feedback_round_trip_survives_a_restart(svc: Service) -> None:
 def test_input_digest_identifies_the_evaluated_input(svc: Service) -> None:
     req = p.order_sign()
     changed = p.order_sign(prefetch=p.full_prefetch(conditions=p.five_conditions()[:4]))
-    instances = [req["hookInstance"], req["hookInstance"] + "-again", changed["hookInstance"]]
+    instances = [req["hookInstance"], str(uuid.uuid4()), changed["hookInstance"]]
     cards_of(svc.post(SIGN, req))
     cards_of(svc.post(SIGN, {**req, "hookInstance": instances[1]}))
     cards_of(svc.post(SIGN, changed))

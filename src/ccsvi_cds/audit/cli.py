@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import signal
 import sys
+from collections import Counter
+from collections.abc import Callable
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
@@ -23,29 +25,59 @@ def _terminate(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)
 
 
-def _progress_bar():  # type: ignore[no-untyped-def]
-    """A rich progress bar on a terminal (stderr); nothing when output is redirected (CI, cron)."""
+def _progress_bar() -> tuple[Callable[[], None] | None, Callable[[str, int, int, int], None] | None]:
+    """On a terminal (stderr), rich progress: bytes and resources read, rate and time remaining, then the
+    shards evaluated. Nothing when output is redirected (CI, cron): the one summary line says it all."""
     if not sys.stderr.isatty():
         return None, None
     from rich.console import Console
-    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        MofNCompleteColumn,
+        Progress,
+        TaskID,
+        TaskProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
 
-    prog = Progress(TextColumn("{task.description:<10}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn(),
-                    console=Console(stderr=True), transient=False)
-    tasks: dict[str, int] = {}
+    console = Console(stderr=True)
+    read = Progress(TextColumn("{task.description:<9}"), BarColumn(), TaskProgressColumn(), DownloadColumn(),
+                    TransferSpeedColumn(), TextColumn("{task.fields[resources]:>12,} resources"),
+                    TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=console)
+    evaluate = Progress(TextColumn("{task.description:<9}"), BarColumn(), TaskProgressColumn(),
+                        MofNCompleteColumn(), TextColumn("shards"), TimeElapsedColumn(), TextColumn("eta"),
+                        TimeRemainingColumn(), console=console)
+    tasks: dict[str, TaskID] = {}
+    resources: Counter[str] = Counter()
+    live: list[Progress] = []
 
-    def tick(phase: str, advance: int, total: int) -> None:
+    def tick(phase: str, advance: int, total: int, read_now: int) -> None:
+        prog = read if phase == "read" else evaluate
         if phase not in tasks:
-            tasks[phase] = prog.add_task(phase, total=total)
-        prog.update(tasks[phase], advance=advance)
+            if live:
+                live.pop().stop()
+            prog.start()
+            live.append(prog)
+            tasks[phase] = prog.add_task(phase, total=total, resources=0)
+        resources[phase] += read_now
+        prog.update(tasks[phase], advance=advance, resources=resources[phase])
 
-    return prog, tick
+    def stop() -> None:
+        while live:
+            live.pop().stop()
+
+    return stop, tick
 
 
 @click.command("audit")
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Directory for findings.ndjson, findings.csv, summary.json, errors.ndjson, report.html.")
+              help="Directory for findings.ndjson, findings.csv, detectedissues.ndjson, errors.ndjson, report.html, "
+                   "summary.json.")
 @click.option("--rules", "rules_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
               default=None, help="Rule pack directory (default: the bundled rules).")
 @click.option("--engine", type=click.Choice(["embedded", "spark"]), default="embedded", show_default=True,
@@ -59,10 +91,16 @@ def _progress_bar():  # type: ignore[no-untyped-def]
               help="Fully validate each resource of a patient with an order (fhir.resources) before evaluating; "
                    "invalid ones are reported in errors.ndjson and skipped. Slow: about 3,000 resources/s per core.")
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Where to spill temporary shards (default: inside --out). Needs about the input's size free.")
+              help="Where the audit spills the resources the rules read (clinical data), in a private (0700) "
+                   "directory removed at the end, and by the next audit if this one is killed. Default: the "
+                   "system's temporary directory ($TMPDIR, else /tmp). Needs up to about the input's size free.")
+@click.option("--allow-incomplete", is_flag=True,
+              help="Exit 0 even when an input file could not be read to its end (truncated, unreadable, fewer "
+                   "resources than its Bulk Data manifest lists). By default the audit then exits with 3; "
+                   "either way the outputs are written and summary.json lists the files under 'incomplete'.")
 def audit(inputs: tuple[str, ...], out_dir: Path, rules_dir: Path | None, engine: str, workers: int | None,
           spark_master: str | None, spark_conf: tuple[str, ...], base_url: str | None,
-          validate: bool, workdir: Path | None) -> None:
+          validate: bool, workdir: Path | None, allow_incomplete: bool) -> None:
     """Audit FHIR Bundles, NDJSON files and Bulk Data export directories (gzip accepted) for CCSVI referrals.
 
     Every ServiceRequest is evaluated whatever its status (except entered-in-error), with the same rules and
@@ -88,13 +126,13 @@ def audit(inputs: tuple[str, ...], out_dir: Path, rules_dir: Path | None, engine
     # SIGTERM (a scheduler stopping the job) unwinds like Ctrl-C: temporary files are removed and the
     # outputs of a previous audit in DIR stay as they were.
     signal.signal(signal.SIGTERM, _terminate)
-    prog, tick = _progress_bar()
+    stop, tick = _progress_bar()
+
+    def notice(text: str) -> None:
+        click.echo(f"notice: {text}", err=True)
+
     try:
-        if prog is not None:
-            with prog:
-                summary = run_audit(opts, tick)
-        else:
-            summary = run_audit(opts)
+        summary = run_audit(opts, tick, notice)
     except InputError as exc:
         raise click.ClickException(f"cannot audit: {exc}") from None
     except PackError as exc:
@@ -104,6 +142,9 @@ def audit(inputs: tuple[str, ...], out_dir: Path, rules_dir: Path | None, engine
     except BrokenProcessPool:
         raise click.ClickException("a worker process died (out of memory, or killed); no output was written, "
                                    "the outputs of any earlier audit in the directory are unchanged") from None
+    finally:
+        if stop is not None:
+            stop()
     f = summary["findings"]
     click.echo(
         f"{summary['read']['total']:,} resources read, {summary['serviceRequestsEvaluated']:,} ServiceRequests "
@@ -111,3 +152,11 @@ def audit(inputs: tuple[str, ...], out_dir: Path, rules_dir: Path | None, engine
         f"{summary['errors']['total']:,} records skipped (errors.ndjson), in {summary['durationSeconds']:.1f} s. "
         f"Outputs in {out_dir}/"
     )
+    for item in summary["incomplete"]:
+        click.echo(f"error: {item['file']}: {item['reason']}", err=True)
+    if summary["incomplete"]:
+        files = len({item["file"] for item in summary["incomplete"]})
+        click.echo(f"error: the audit is INCOMPLETE: {files} input file(s) could not be read to their end, so "
+                   "records are missing from the findings (summary.json 'incomplete', errors.ndjson)", err=True)
+        if not allow_incomplete:
+            sys.exit(3)

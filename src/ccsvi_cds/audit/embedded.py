@@ -8,8 +8,13 @@ picklable, so each worker process builds its own Evaluator on first use; the par
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing as mp
 import os
+import signal
+import sys
+import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -49,6 +54,7 @@ class _Config:
     parts_dir: Path
     n_shards: int
     routing: Routing
+    parent_pid: int
 
 
 _CFG: _Config | None = None
@@ -58,8 +64,27 @@ _OFFSETS: dict[int, int] | None = None
 _PARENT_PACK: Any = None  # the RulePack the parent loaded; workers inherit it through fork
 
 
+def _die_with_parent(parent: int) -> None:
+    """A worker must not outlive an audit killed with SIGKILL: it would wait for work forever, holding the
+    spill directory's lock (so no later audit could remove the clinical data in it). On Linux the kernel
+    kills the worker when the audit dies (PR_SET_PDEATHSIG); elsewhere a watcher thread ends it."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    else:  # pragma: no cover - macOS and others
+        def watch() -> None:
+            while os.getppid() == parent:
+                time.sleep(1.0)
+            os._exit(1)
+
+        threading.Thread(target=watch, daemon=True).start()
+    if os.getppid() != parent:  # the audit died before the line above
+        os._exit(1)
+
+
 def _init(cfg: _Config) -> None:
     global _CFG, _EVALUATOR, _SIDE, _OFFSETS
+    _die_with_parent(cfg.parent_pid)
     _CFG, _EVALUATOR, _SIDE, _OFFSETS = cfg, None, None, None
 
 
@@ -77,17 +102,27 @@ class SpillResult:
     task: ReadTask
     bytes_read: int
     lines: int  # lines the task read (to number the lines of the tasks after it in the file)
+    records: int  # non-blank lines (NDJSON), to compare with a Bulk Data manifest's count
     counts: Counter[str]
     side: list[SideRow]
     bad: Path | None  # records reported and skipped, line numbers relative to the task
 
 
-def read_and_route(files: Sequence[InputFile], task: ReadTask, routing: Routing, on_row: Callable[[Any], None]
-                   ) -> tuple[Counter[str], list[SideRow], list[BadRecord], int]:
-    """Read one task, classify every record; rows go to ``on_row``. Shared by both engines.
+@dataclass
+class Routed:
+    """What reading one task gave, besides the rows: read counts per type, side-table rows, bad records,
+    lines read (to number the lines of later tasks) and non-blank lines (to check a manifest's count)."""
 
-    Returns read counts per type, side-table rows, bad records and the number of lines read.
-    """
+    counts: Counter[str]
+    side: list[SideRow]
+    bad: list[BadRecord]
+    lines: int
+    records: int
+
+
+def read_and_route(files: Sequence[InputFile], task: ReadTask, routing: Routing,
+                   on_row: Callable[[Any], None]) -> Routed:
+    """Read one task, classify every record; rows go to ``on_row``. Shared by both engines."""
     counts: Counter[str] = Counter()
     side: list[SideRow] = []
     bad: list[BadRecord] = []
@@ -106,13 +141,14 @@ def read_and_route(files: Sequence[InputFile], task: ReadTask, routing: Routing,
         else:
             on_row(item)
     counts.update(counted)
-    return counts, side, bad, meta.get("lines", 0)
+    return Routed(counts, side, bad, meta.get("lines", 0), meta.get("records", 0))
 
 
 def _spill(task_index: int, task: ReadTask) -> SpillResult:
     assert _CFG is not None
     writer = SpillWriter(_CFG.spill_dir, _CFG.n_shards, task_index)
-    counts, side, bad, lines = read_and_route(_CFG.files, task, _CFG.routing, writer.add)
+    routed = read_and_route(_CFG.files, task, _CFG.routing, writer.add)
+    counts, side, bad, lines = routed.counts, routed.side, routed.bad, routed.lines
     writer.flush()
     f = _CFG.files[task.file_index]
     size = (task.end if task.end >= 0 else f.size) - task.start
@@ -120,7 +156,7 @@ def _spill(task_index: int, task: ReadTask) -> SpillResult:
     if bad:  # numbered once every task's line count is known (run_embedded)
         path = _CFG.parts_dir / f"read-{task_index:06d}.bad"
         path.write_bytes(b"".join(orjson.dumps([b.file_index, b.line, b.entry, b.reason]) + b"\n" for b in bad))
-    return SpillResult(task_index, task, size, lines, counts, side, path)
+    return SpillResult(task_index, task, size, lines, routed.records, counts, side, path)
 
 
 def _number_bad_records(bad: Path, offset: int, paths: Sequence[str], out: Path) -> Path | None:
@@ -171,7 +207,7 @@ def _evaluate_shard(shard: int) -> ShardResult:
     )
 
 
-Progress = Callable[[str, int, int], None]  # (phase, advance, total)
+Progress = Callable[[str, int, int, int], None]  # (phase, advance, total, resources read)
 
 
 def _drain(pool: ProcessPoolExecutor, jobs: Iterable[tuple[Callable[..., Any], tuple[Any, ...]]],
@@ -207,13 +243,13 @@ def run_embedded(files: Sequence[InputFile], tasks: Iterable[ReadTask], rules_di
     parts_dir.mkdir(parents=True, exist_ok=True)
     n_shards = choose_shards(estimated_bytes([(f.size, f.gzip) for f in files]))
     cfg = _Config(tuple(files), str(rules_dir), digest, base_url, validate, spill_dir, parts_dir, n_shards,
-                  Routing.of(data_requirements(pack if pack is not None else load_pack(rules_dir))))
+                  Routing.of(data_requirements(pack if pack is not None else load_pack(rules_dir))), os.getpid())
     result = EngineResult()
     counts: Counter[str] = Counter()
     side_rows: list[tuple[int, SideRow]] = []
     read: list[tuple[int, ReadTask, int]] = []
     bad_files: list[tuple[int, Path]] = []
-    tick = progress or (lambda phase, adv, total: None)
+    tick = progress or (lambda phase, adv, total, resources: None)
     total_bytes = sum(f.size for f in files)
     paths = [f.path for f in files]
 
@@ -221,9 +257,10 @@ def run_embedded(files: Sequence[InputFile], tasks: Iterable[ReadTask], rules_di
         counts.update(r.counts)
         side_rows.extend((r.task_index, s) for s in r.side)
         read.append((r.task_index, r.task, r.lines))
+        result.records_by_file[r.task.file_index] = result.records_by_file.get(r.task.file_index, 0) + r.records
         if r.bad:
             bad_files.append((r.task_index, r.bad))
-        tick("read", r.bytes_read, total_bytes)
+        tick("read", r.bytes_read, total_bytes, sum(r.counts.values()))
 
     def evaluated(r: ShardResult) -> None:
         result.patients += r.patients
@@ -232,7 +269,7 @@ def run_embedded(files: Sequence[InputFile], tasks: Iterable[ReadTask], rules_di
             result.finding_parts.append(r.findings)
         if r.errors:
             result.error_parts.append(r.errors)
-        tick("evaluate", 1, n_shards)
+        tick("evaluate", 1, n_shards, 0)
 
     ctx = mp.get_context("fork")
     with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init, initargs=(cfg,)) as pool:

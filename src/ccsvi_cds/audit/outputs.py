@@ -11,8 +11,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import os
-import secrets
-import shutil
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -22,9 +20,13 @@ from typing import Any
 
 import orjson
 
+from .detectedissue import detected_issue
 from .parts import merge_parts
+from .scratch import STAGING_PREFIX, private_dir
+from .sources import FILE_LEVEL_KINDS
 
-OUTPUT_NAMES = ("findings.ndjson", "findings.csv", "errors.ndjson", "report.html", "summary.json")
+OUTPUT_NAMES = ("findings.ndjson", "findings.csv", "detectedissues.ndjson", "errors.ndjson", "report.html",
+                "summary.json")
 REPORT_TABLE_MAX = 2000  # findings shown in the HTML table; findings.csv always has them all
 
 CSV_COLUMNS = ("serviceRequest", "patient", "rule", "indicator", "summary", "evidence", "requester",
@@ -32,24 +34,12 @@ CSV_COLUMNS = ("serviceRequest", "patient", "rule", "indicator", "summary", "evi
                "entry", "matched")
 
 
-def fresh_dir(parent: Path, prefix: str) -> Path:
-    """A new, unused directory name (not created: the caller creates it inside its try/finally)."""
-    while True:
-        path = parent / f"{prefix}{secrets.token_hex(6)}"
-        if not path.exists():
-            return path
-
-
 @contextmanager
 def staged(out_dir: Path) -> Iterator[Path]:
-    """A staging directory inside ``out_dir`` (same filesystem, so os.replace is atomic); removed on exit."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stage = fresh_dir(out_dir, ".audit-staging-")
-    try:
-        stage.mkdir()
+    """A private staging directory inside ``out_dir`` (same filesystem, so os.replace is atomic); removed on
+    exit, and by the next audit if this one is killed."""
+    with private_dir(out_dir, STAGING_PREFIX) as stage:
         yield stage
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
 
 
 def publish(stage: Path, out_dir: Path, names: Iterable[str]) -> None:
@@ -132,31 +122,46 @@ def _csv_values(rec: Mapping[str, Any]) -> list[Any]:
 
 
 def write_findings(stage: Path, parts: Iterable[Path]) -> FindingStats:
-    """findings.ndjson and findings.csv from the sorted parts, in one streaming pass."""
+    """findings.ndjson, findings.csv and detectedissues.ndjson from the sorted parts, in one streaming pass."""
     stats = FindingStats()
-    with open(stage / "findings.ndjson", "wb") as nd, open(stage / "findings.csv", "w", newline="",
-                                                            encoding="utf-8") as cf:
+    with (open(stage / "findings.ndjson", "wb") as nd,
+          open(stage / "findings.csv", "w", newline="", encoding="utf-8") as cf,
+          open(stage / "detectedissues.ndjson", "wb") as di):
         w = csv.writer(cf, lineterminator="\n")
         w.writerow(CSV_COLUMNS)
         for line in merge_parts(parts):
             nd.write(line + b"\n")
             rec = orjson.loads(line)
             w.writerow(_csv_row(rec))
+            di.write(orjson.dumps(detected_issue(rec)) + b"\n")
             stats.add(rec)
     return stats
 
 
-def write_errors(stage: Path, parts: Iterable[Path]) -> tuple[int, Counter[str]]:
-    """errors.ndjson from the sorted parts; returns the total and counts per kind of reason."""
-    total = 0
-    kinds: Counter[str] = Counter()
+@dataclass
+class ErrorStats:
+    """errors.ndjson in figures: the total, counts per kind, and the files that could not be read to
+    their end (a file-level kind: the audit finished with records missing)."""
+
+    total: int = 0
+    kinds: Counter[str] = field(default_factory=Counter)
+    incomplete: list[dict[str, Any]] = field(default_factory=list)
+
+
+def write_errors(stage: Path, parts: Iterable[Path]) -> ErrorStats:
+    """errors.ndjson from the sorted parts."""
+    stats = ErrorStats()
     with open(stage / "errors.ndjson", "wb") as fh:
         for line in merge_parts(parts):
             fh.write(line + b"\n")
-            total += 1
-            reason = orjson.loads(line).get("reason", "")
-            kinds[reason.split(":", 1)[0]] += 1
-    return total, kinds
+            stats.total += 1
+            rec = orjson.loads(line)
+            reason = rec.get("reason", "")
+            kind = reason.split(":", 1)[0]
+            stats.kinds[kind] += 1
+            if kind in FILE_LEVEL_KINDS:
+                stats.incomplete.append({"file": rec.get("file"), "kind": kind, "reason": reason})
+    return stats
 
 
 def write_json(path: Path, obj: Any) -> None:

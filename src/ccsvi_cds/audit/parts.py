@@ -60,3 +60,4 @@ class EngineResult:
     evaluated: int = 0  # ServiceRequests evaluated
     finding_parts: list[Path] = field(default_factory=list)
     error_parts: list[Path] = field(default_factory=list)
+    records_by_file: dict[int, int] = field(default_factory=dict)  # NDJSON lines with a record, per file

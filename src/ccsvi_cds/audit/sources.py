@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import os
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,7 @@ from urllib.parse import urlparse
 
 import orjson
 
-from ccsvi_cds.facts.records import id_from_full_url
+from ccsvi_cds.facts.records import id_from_full_url, is_hook_request, request_items
 from ccsvi_cds.facts.references import rewrite_references
 
 try:  # validates JSON and reads one field without building Python objects: ~3x cheaper than a full parse
@@ -38,8 +39,28 @@ _SNIFF_BYTES = 1024 * 1024
 _BLOCK = 8 * 1024 * 1024
 
 
+# Reason kinds (the text before the first colon) of a file that could not be read to its end: the audit then
+# finished with records missing, and says so loudly (summary.json ``incomplete``, a non-zero exit).
+TRUNCATED = "truncated"
+UNREADABLE = "unreadable"
+FILE_LEVEL_KINDS = (TRUNCATED, UNREADABLE)
+MAX_DEPTH = 256  # a Bundle entry nested deeper is a bad record (real FHIR resources stay below ~20 levels)
+
+
 class InputError(Exception):
     """An input that cannot be audited at all (missing, unreadable, not FHIR): stops the audit up front."""
+
+
+class NotFhir(InputError):
+    """A file whose content is not FHIR: an error when named, skipped with a notice inside a directory."""
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A file inside an input directory that is not FHIR (an export's own log.ndjson, a README)."""
+
+    path: str
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -50,6 +71,7 @@ class InputFile:
     kind: Literal["ndjson", "json"]
     gzip: bool
     size: int
+    expected: int | None = None  # resources the Bulk Data manifest says the file holds (its ``count``)
 
 
 @dataclass(frozen=True)
@@ -97,9 +119,17 @@ def _base_name(p: Path) -> str:
     return name.removesuffix(".gz")
 
 
+class _GzipReader(gzip.GzipFile):
+    """A gzip file whose sized reads return what is decompressed so far (like read1): on a file cut short,
+    every byte before the cut reaches the reader before the EOFError, whatever the reader's block size."""
+
+    def read(self, size: int | None = -1) -> bytes:
+        return super().read1(size) if size is not None and size > 0 else super().read(size)
+
+
 def _open(path: str | Path, gz: bool) -> BinaryIO:
     raw = open(path, "rb")  # noqa: SIM115 - returned to the caller
-    return gzip.GzipFile(fileobj=raw, mode="rb") if gz else raw  # type: ignore[return-value]
+    return _GzipReader(fileobj=raw, mode="rb") if gz else raw  # type: ignore[return-value]
 
 
 def _head(path: Path, gz: bool, n: int = _SNIFF_BYTES) -> bytes:
@@ -138,13 +168,13 @@ def _sniff_ndjson(path: Path, gz: bool) -> None:
     if not any(_looks_like_fhir_line(ln) for ln in lines) and not (
         len(lines) == 1 and b'"resourceType"' in lines[0]
     ):
-        raise InputError(f"{path}: not FHIR NDJSON (no resource with a resourceType in its first lines)")
+        raise NotFhir(f"{path}: not FHIR NDJSON (no resource with a resourceType in its first lines)")
 
 
 def _sniff_json(path: Path, gz: bool) -> None:
     head = _head(path, gz).lstrip()
-    if not head.startswith(b"{") or b'"resourceType"' not in head:
-        raise InputError(f"{path}: not a FHIR JSON resource or Bundle")
+    if not head.startswith(b"{") or (b'"resourceType"' not in head and b'"context"' not in head):
+        raise NotFhir(f"{path}: not a FHIR JSON resource or Bundle, nor a CDS Hooks request")
 
 
 def _file_entry(path: Path, display: str) -> InputFile:
@@ -163,6 +193,11 @@ def _file_entry(path: Path, display: str) -> InputFile:
     else:
         _sniff_json(path, gz)
     return InputFile(display, kind, gz, path.stat().st_size)
+
+
+def _manifest_count(item: dict[str, Any]) -> int | None:
+    count = item.get("count")
+    return count if isinstance(count, int) and not isinstance(count, bool) and count >= 0 else None
 
 
 def _from_manifest(directory: Path, display: str) -> list[InputFile]:
@@ -187,11 +222,12 @@ def _from_manifest(directory: Path, display: str) -> list[InputFile]:
             raise InputError(f"{mpath}: lists {Path(rel).name}, which is not in {display}")
         shown = os.path.join(display, os.path.relpath(local, directory))
         entry = _file_entry(local, shown)
-        files.append(dataclasses.replace(entry, kind="ndjson"))
+        files.append(dataclasses.replace(entry, kind="ndjson", expected=_manifest_count(item)))
     return files
 
 
-def _walk(directory: Path, display: str) -> list[InputFile]:
+def _walk(directory: Path, display: str, skipped: list[Skipped]) -> list[InputFile]:
+    """A directory's FHIR files; every other (non-hidden) file is added to ``skipped`` with the reason."""
     if (directory / "manifest.json").is_file():
         return _from_manifest(directory, display)
     out: list[InputFile] = []
@@ -200,23 +236,35 @@ def _walk(directory: Path, display: str) -> list[InputFile]:
             continue
         shown = os.path.join(display, child.name)
         if child.is_dir():
-            out.extend(_walk(child, shown))
-        elif child.is_file() and _base_name(child).endswith(NDJSON_SUFFIXES + JSON_SUFFIXES):
-            out.append(_file_entry(child, shown))
+            out.extend(_walk(child, shown, skipped))
+        elif not child.is_file():
+            continue
+        elif not _base_name(child).endswith(NDJSON_SUFFIXES + JSON_SUFFIXES):
+            skipped.append(Skipped(shown, "not a .json or .ndjson file (gzip or not)"))
+        else:
+            try:
+                out.append(_file_entry(child, shown))
+            except NotFhir as exc:
+                skipped.append(Skipped(shown, str(exc).removeprefix(f"{child}: ")))
     return out
 
 
-def discover(inputs: Sequence[str]) -> list[InputFile]:
-    """Expand INPUT arguments into the files to read, in a deterministic order; raise InputError early."""
+def discover(inputs: Sequence[str], skipped: list[Skipped] | None = None) -> list[InputFile]:
+    """Expand INPUT arguments into the files to read, in a deterministic order; raise InputError early.
+
+    Files inside a directory that are not FHIR are skipped (and listed in ``skipped``); a file named
+    explicitly that is not FHIR is an error."""
     if not inputs:
         raise InputError("no input given")
     files: list[InputFile] = []
+    if skipped is None:
+        skipped = []
     for arg in inputs:
         p = Path(arg)
         if not p.exists():
             raise InputError(f"{arg}: no such file or directory")
         if p.is_dir():
-            found = _walk(p, arg.rstrip("/") or "/")
+            found = _walk(p, arg.rstrip("/") or "/", skipped)
             if not found:
                 raise InputError(f"{arg}: no FHIR files (*.json, *.ndjson, gzip or not, or a manifest.json)")
             files.extend(found)
@@ -331,7 +379,8 @@ def read_task(files: Sequence[InputFile], task: ReadTask, keep: frozenset[str] |
         yield from _read_json(f, task.file_index)
 
 
-def _iter_lines(f: InputFile, task: ReadTask) -> Iterator[bytes]:
+def _iter_lines(f: InputFile, task: ReadTask, unterminated: list[bool]) -> Iterator[bytes]:
+    """The task's lines; a last line without a line end sets ``unterminated`` before it is yielded."""
     with _open(f.path, f.gzip) as fh:
         if f.gzip:
             # Small reads: on a truncated stream, everything up to the cut is still returned; the partial
@@ -342,6 +391,7 @@ def _iter_lines(f: InputFile, task: ReadTask) -> Iterator[bytes]:
                 buf = parts.pop()
                 yield from parts
             if buf:
+                unterminated.append(True)
                 yield buf
             return
         fh.seek(task.start)
@@ -357,7 +407,29 @@ def _iter_lines(f: InputFile, task: ReadTask) -> Iterator[bytes]:
             buf = parts.pop()
             yield from parts
         if buf:
+            unterminated.append(True)
             yield buf
+
+
+def _bad_json(exc: Exception) -> str:
+    text = str(exc)
+    if "depth" in text.lower():  # simdjson's DEPTH_ERROR, orjson's "depth limit exceeded": ~1,024 levels
+        return "malformed JSON: nested too deeply (more than 1,024 levels)"
+    return f"malformed JSON: {text}"
+
+
+def _ends_early(exc: BaseException) -> bool:
+    return isinstance(exc, EOFError) or "premature EOF" in str(exc)  # gzip cut short; yajl's JSON cut short
+
+
+def _stopped(exc: BaseException, where: str) -> str:
+    """The reason for a file that could not be read to its end (a file-level kind, see FILE_LEVEL_KINDS).
+    Only the first line of the parser's message: yajl adds a snippet of the data."""
+    text = (str(exc).splitlines() or [""])[0].strip() or "compressed stream cut short"
+    if _ends_early(exc):
+        return (f"{TRUNCATED}: the file ends early ({text}) {where}; "
+                "the records after it are missing (file unreadable from here on)")
+    return f"{UNREADABLE}: {exc.__class__.__name__}: {text} {where}; file unreadable from here on"
 
 
 def _read_ndjson(f: InputFile, task: ReadTask, keep: frozenset[str] | None,
@@ -368,12 +440,14 @@ def _read_ndjson(f: InputFile, task: ReadTask, keep: frozenset[str] | None,
     line and reads its resourceType without building objects; only the resources kept are parsed with orjson."""
     idx = task.file_index
     first = line_no = (task.first_line or 1) - 1
+    blank = 0
     lazy = keep is not None and counted is not None and simdjson is not None
     parser = simdjson.Parser() if lazy else None
     Obj = simdjson.Object if lazy else dict
     loads = orjson.loads
     try:
-        for line in _iter_lines(f, task):
+        unterminated: list[bool] = []
+        for line in _iter_lines(f, task, unterminated):
             line_no += 1
             try:
                 if parser is not None:
@@ -381,10 +455,16 @@ def _read_ndjson(f: InputFile, task: ReadTask, keep: frozenset[str] | None,
                     obj = None
                 else:
                     doc = obj = loads(line)
-            except (ValueError, UnicodeDecodeError) as exc:  # orjson's JSONDecodeError is a ValueError
+            # orjson's JSONDecodeError is a ValueError; simdjson raises RuntimeError (e.g. DEPTH_ERROR)
+            except (ValueError, UnicodeDecodeError, RuntimeError) as exc:
                 if not line.strip():
+                    blank += 1
                     continue  # blank line
-                yield BadRecord(idx, line_no, None, f"malformed JSON: {exc}")
+                if unterminated:  # an invalid last line without a line end: the file was cut short
+                    yield BadRecord(idx, line_no, None, f"{TRUNCATED}: the last line is cut short (no line end, "
+                                                        "not valid JSON); the file ends early")
+                    continue
+                yield BadRecord(idx, line_no, None, _bad_json(exc))
                 continue
             rtype = doc.get("resourceType") if type(doc) is Obj else None
             del doc  # simdjson: the parser can only be reused once its document is released
@@ -396,17 +476,36 @@ def _read_ndjson(f: InputFile, task: ReadTask, keep: frozenset[str] | None,
                 yield BadRecord(idx, line_no, None, "not a FHIR resource (no resourceType)")
                 continue
             if obj is None:
-                obj = loads(line)
+                try:
+                    obj = loads(line)
+                except ValueError as exc:  # within simdjson's depth limit, beyond orjson's
+                    yield BadRecord(idx, line_no, None, _bad_json(exc))
+                    continue
             if rtype == "Bundle":  # a Bundle on one NDJSON line: read its entries
                 yield from _bundle_records(obj, idx, line_no)
                 continue
             if line[-1:].isspace():
                 line = line.strip()
             yield Record(obj, line, idx, line_no, None)
-    except (OSError, EOFError, gzip.BadGzipFile) as exc:  # truncated gzip etc.: keep what was read
-        yield BadRecord(idx, line_no + 1, None, f"file unreadable from here on: {exc}")
+    except (OSError, EOFError, zlib.error) as exc:  # truncated or corrupt gzip: keep what was read
+        yield BadRecord(idx, line_no + 1, None, _stopped(exc, f"at line {line_no + 1}"))
     if meta is not None:
         meta["lines"] = line_no - first
+        meta["records"] = line_no - first - blank
+
+
+def _too_deep(obj: Any, limit: int = MAX_DEPTH) -> bool:
+    """Whether ``obj`` nests deeper than ``limit`` (iterative: a deep entry must not exhaust the stack)."""
+    stack: list[tuple[Any, int]] = [(obj, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values() if isinstance(v, (dict, list)))
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item if isinstance(v, (dict, list)))
+    return False
 
 
 def _entry_identity(entry: dict[str, Any]) -> tuple[str | None, dict[str, Any] | None]:
@@ -429,13 +528,14 @@ def _full_url_map(entries: Sequence[Any]) -> dict[str, str]:
     return out
 
 
-def _bundle_records(bundle: dict[str, Any], idx: int, line: int | None) -> Iterator[Record | BadRecord]:
+def _bundle_records(bundle: dict[str, Any], idx: int, line: int | None,
+                    first_entry: int = 1) -> Iterator[Record | BadRecord]:
     entries = bundle.get("entry") or []
     if not isinstance(entries, list):
         yield BadRecord(idx, line, None, "Bundle.entry is not a list")
         return
     urls = _full_url_map(entries)
-    for n, e in enumerate(entries, start=1):
+    for n, e in enumerate(entries, start=first_entry):
         yield from _entry_record(e, urls, idx, line, n)
 
 
@@ -444,6 +544,9 @@ def _entry_record(
 ) -> Iterator[Record | BadRecord]:
     if not isinstance(e, dict):
         yield BadRecord(idx, line, n, "Bundle entry is not an object")
+        return
+    if _too_deep(e):
+        yield BadRecord(idx, line, n, f"malformed JSON: Bundle entry nested too deeply (more than {MAX_DEPTH} levels)")
         return
     _, res = _entry_identity(e)
     if res is None or not isinstance(res.get("resourceType"), str):
@@ -463,36 +566,84 @@ def _entry_record(
     yield Record(res, None, idx, line, n)
 
 
-def _read_json(f: InputFile, idx: int) -> Iterator[Record | BadRecord]:
-    if f.size <= BUNDLE_IN_MEMORY_MAX and not f.gzip or f.gzip and f.size <= BUNDLE_IN_MEMORY_MAX // 8:
-        try:
-            with _open(f.path, f.gzip) as fh:
-                obj = orjson.loads(fh.read())
-        except (orjson.JSONDecodeError, OSError, EOFError) as exc:
-            yield BadRecord(idx, None, None, f"malformed JSON: {exc}")
-            return
-        if not isinstance(obj, dict) or not isinstance(obj.get("resourceType"), str):
-            yield BadRecord(idx, None, None, "not a FHIR resource (no resourceType)")
-        elif obj["resourceType"] == "Bundle":
-            yield from _bundle_records(obj, idx, None)
+def _hook_request_records(request: dict[str, Any], idx: int) -> Iterator[Record | BadRecord]:
+    """A CDS Hooks request file: its draft orders and prefetch resources, as the core reads them (every
+    draft order is audited, as order-sign judges them). Entries are numbered on through the request."""
+    located = request_items(request)
+    n = 1
+    for item in located:
+        if item.resource.get("resourceType") == "Bundle":
+            entries = item.resource.get("entry")
+            yield from _bundle_records(item.resource, idx, None, n)
+            n += len(entries) if isinstance(entries, list) else 0
         else:
-            yield Record(obj, None, idx, None, None)
-        return
+            yield from _entry_record({"resource": item.resource}, {}, idx, None, n)
+            n += 1
+
+
+def _document_records(obj: Any, idx: int) -> Iterator[Record | BadRecord]:
+    if is_hook_request(obj):
+        yield from _hook_request_records(obj, idx)
+    elif not isinstance(obj, dict) or not isinstance(obj.get("resourceType"), str):
+        yield BadRecord(idx, None, None, "not a FHIR resource (no resourceType) nor a CDS Hooks request")
+    elif obj["resourceType"] == "Bundle":
+        yield from _bundle_records(obj, idx, None)
+    elif _too_deep(obj):
+        yield BadRecord(idx, None, None, f"malformed JSON: nested too deeply (more than {MAX_DEPTH} levels)")
+    else:
+        yield Record(obj, None, idx, None, None)
+
+
+def _small_document(f: InputFile) -> bytearray | None:
+    """The whole (decompressed) document when it is at most BUNDLE_IN_MEMORY_MAX bytes, else None: the
+    limit applies to the decompressed bytes, so a small gzip file that inflates to gigabytes is streamed.
+    Read in blocks into one buffer: memory stays at the limit, not a multiple of it."""
+    limit = BUNDLE_IN_MEMORY_MAX
+    data = bytearray()
+    with _open(f.path, f.gzip) as fh:
+        while len(data) <= limit and (block := fh.read(min(1 << 20, limit + 1 - len(data)))):
+            data += block
+    return data if len(data) <= limit else None
+
+
+def _read_json(f: InputFile, idx: int) -> Iterator[Record | BadRecord]:
+    """A JSON document: parsed whole when small; streamed entry by entry when large, when it cannot be
+    parsed whole (cut short, or one entry nested too deeply), so that every readable entry is kept."""
+    data: bytearray | None = None
+    if f.gzip or f.size <= BUNDLE_IN_MEMORY_MAX:
+        try:
+            data = _small_document(f)
+        except (OSError, EOFError, zlib.error):  # a gzip file cut short or corrupt: the stream reports it
+            data = None
+    if data is not None:
+        try:
+            obj = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            obj = None
+        del data
+        if obj is not None:
+            yield from _document_records(obj, idx)
+            return
     yield from _stream_bundle(f, idx)
 
 
 def _stream_bundle(f: InputFile, idx: int) -> Iterator[Record | BadRecord]:
-    """A Bundle too large to hold: two ijson passes (fullUrl map, then entries), memory ~ one entry."""
-    import ijson  # type: ignore[import-untyped]  # only needed for very large Bundles
+    """A Bundle too large to hold, or that cannot be parsed whole: two ijson passes (fullUrl map, then
+    entries), memory ~ one entry. What precedes a fault is kept; the fault is reported with its kind."""
+    import ijson  # type: ignore[import-untyped]  # only needed for large or damaged Bundles
 
+    errors = (ijson.JSONError, OSError, EOFError, zlib.error, UnicodeDecodeError)
+    urls: dict[str, str] = {}
+    top: str | None = None
     try:
-        urls: dict[str, str] = {}
         with _open(f.path, f.gzip) as fh:
             full: str | None = None
             rtype: str | None = None
             rid: str | None = None
             for prefix, event, value in ijson.parse(fh):
-                if prefix == "entry.item" and event == "start_map":
+                if prefix == "resourceType":
+                    top = value
+                elif prefix == "entry.item" and event == "start_map":
                     full = rtype = rid = None
                 elif prefix == "entry.item.fullUrl":
                     full = value
@@ -505,8 +656,22 @@ def _stream_bundle(f: InputFile, idx: int) -> Iterator[Record | BadRecord]:
                         rid = id_from_full_url(full)
                     if rid:
                         urls[full] = f"{rtype}/{rid}"
+    except errors:
+        pass  # reported by the second pass, which stops at the same place
+    n = 0
+    try:
         with _open(f.path, f.gzip) as fh:
             for n, e in enumerate(ijson.items(fh, "entry.item", use_float=True), start=1):
                 yield from _entry_record(e, urls, idx, None, n)
-    except (ijson.JSONError, OSError, EOFError) as exc:
-        yield BadRecord(idx, None, None, f"malformed JSON Bundle (reading stopped): {exc}")
+    except errors as exc:
+        if top != "Bundle" and n == 0 and not _ends_early(exc) and isinstance(exc, ijson.JSONError):
+            text = (str(exc).splitlines() or [""])[0]
+            yield BadRecord(idx, None, None, f"malformed JSON: {text}")  # one document, one bad record
+            return
+        yield BadRecord(idx, None, n + 1 if n else None,
+                        _stopped(exc, f"after entry {n}" if n else "before the first entry"))
+        return
+    if top != "Bundle" and n == 0:
+        what = f"a {top}" if top else "this document"
+        yield BadRecord(idx, None, None, f"{UNREADABLE}: {what} of {f.size:,} bytes is too large to read "
+                                         "whole (only Bundles are streamed) or is not valid JSON")

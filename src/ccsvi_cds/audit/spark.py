@@ -48,15 +48,15 @@ def _read(files: Sequence[InputFile], routing: Routing, item: tuple[int, ReadTas
     from .embedded import read_and_route
 
     rows: list[Row] = []
-    counts, side, bad, _ = read_and_route(files, item[1], routing, rows.append)  # Spark's tasks know their first line
-    errors = [error_line(files[b.file_index].path, b.file_index, b.line, b.entry, b.reason) for b in bad]
+    routed = read_and_route(files, item[1], routing, rows.append)  # Spark's tasks know their first line
+    errors = [error_line(files[b.file_index].path, b.file_index, b.line, b.entry, b.reason) for b in routed.bad]
     for r in rows:
         yield ("R", r.key, (r.rtype, r.file_index, r.line, r.entry, r.raw))
-    for s in side:
+    for s in routed.side:
         yield ("S", s)
     for k, v in errors:
         yield ("E", k, v)
-    yield ("C", dict(counts), len(errors))
+    yield ("C", dict(routed.counts), len(errors), item[1].file_index, routed.records)
 
 
 def _evaluate(groups: Iterable[tuple[str, Iterable[tuple[Any, ...]]]], side_b: Any, pack_b: Any, rules_dir: str,
@@ -170,16 +170,18 @@ def run_spark(files: Sequence[InputFile], tasks: Sequence[ReadTask], rules_dir: 
         side_rows = []
         n_read_errors = 0
         # collect (not toLocalIterator): computes and caches every partition in parallel; this part is small.
+        records: Counter[int] = Counter()
         for tag, *rest in items.filter(lambda x: x[0] in ("S", "C")).collect():
             if tag == "S":
                 side_rows.append(rest[0])
             else:
                 counts.update(rest[0])
                 n_read_errors += rest[1]
+                records[rest[2]] += rest[3]
         side_b = sc.broadcast(build_side_tables(side_rows))
         pack_b = sc.broadcast(pack) if pack is not None else None
         del side_rows
-        result = EngineResult(read_counts=dict(sorted(counts.items())))
+        result = EngineResult(read_counts=dict(sorted(counts.items())), records_by_file=dict(records))
         read_errors = _write_sorted(items.filter(lambda x: x[0] == "E").map(lambda x: (x[1], x[2])),
                                     parts / "read.errors", n_read_errors)
         # Pass 2: group by patient, evaluate where the data is.

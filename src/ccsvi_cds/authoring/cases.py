@@ -90,15 +90,26 @@ class LoadedCase:
 
 def case_files(root: Path) -> list[Path]:
     folder = root / CASES_DIR
-    return sorted(folder.glob("*.yaml")) if folder.is_dir() else []
+    try:
+        return sorted(folder.glob("*.yaml")) if folder.is_dir() else []
+    except OSError:  # unreadable folder: reported by load_cases as missing cases
+        return []
 
 
 def load_cases(root: Path | str, pack: RulePack | None) -> tuple[list[LoadedCase], list[Problem]]:
-    """Every case under root/cases, and each problem with its file:line:column (cross-checked with `pack`)."""
+    """Every case under root/cases, and each problem with its file:line:column (cross-checked with `pack`).
+
+    A pack without cases (e.g. deployed without its cases folder) is a warning: nothing shows its rules work,
+    but nothing in it is wrong either. (Hot reload does not let case problems block a pack: see reload.py.)
+    """
     root = Path(root)
     loaded: list[LoadedCase] = []
     problems: list[Problem] = []
-    for path in case_files(root):
+    files = case_files(root)
+    if not files:
+        problems.append(Problem(str(root / CASES_DIR), 1, 1, "no test cases: the folder is missing or empty",
+                                f"add {CASES_DIR}/<rule-id>.yaml files (see README, Writing rules)", "warning"))
+    for path in files:
         try:
             doc = read_doc(path, str(path))
         except SourceError as exc:
@@ -248,9 +259,13 @@ def run_case(evaluator: Evaluator, loaded: LoadedCase) -> CaseResult:
     except (OSError, orjson.JSONDecodeError) as exc:
         result.error = f"cannot read the input: {exc}"
         return result
+    except Exception as exc:  # noqa: BLE001 - a malformed input fails its case, never the whole run
+        result.error = f"cannot evaluate the input: {type(exc).__name__}: {exc}"[:300]
+        return result
     actual = [((f.rule_id, f.indicator, f.order_ref), str(f.card.get("detail", ""))) for f in evaluation.findings]
     result.actual = [key for key, _ in actual]
     result.diff, result.notes = _compare(loaded.case.expect.cards, actual)
+    result.notes += [f"card failed to render (left out): {e}" for e in evaluation.card_errors]
     if len(evaluation.issues) != loaded.case.expect.issues:
         result.notes.append(f"expected {loaded.case.expect.issues} input issue(s), got {len(evaluation.issues)}"
                             + "".join(f"\n    {issue}" for issue in evaluation.issues))
@@ -286,3 +301,9 @@ def format_report(report: CaseReport, verbose: bool = False) -> str:
     for rid in report.without_silent_case:
         out.append(f"no silent case: {rid} (add a near-miss case to cases/{rid}.yaml in which it stays silent)")
     return "\n".join(out)
+
+
+def is_case_problem(problem: Problem, root: Path) -> bool:
+    """A problem in the test cases (a case file or its input), not in what the service would run."""
+    cases = Path(root) / CASES_DIR
+    return Path(problem.file) == cases or Path(problem.file).parent == cases

@@ -13,8 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ccsvi_cds.authoring.cases import LoadedCase, load_cases, run_cases
+from ccsvi_cds.authoring.evidence_check import check_card_figures
 from ccsvi_cds.authoring.reachability import check_reachability
+from ccsvi_cds.authoring.render_check import check_rendering
 from ccsvi_cds.authoring.template_check import check_templates
+from ccsvi_cds.authoring.valueset_check import check_valuesets
 from ccsvi_cds.rulepack.loader import VALUESETS, RulePack, check_pack
 from ccsvi_cds.rulepack.source import Problem, SourceDoc
 
@@ -105,13 +108,16 @@ def lint_pack(root: Path | str, *, run_case_inputs: bool = True) -> LintResult:
     docs = pack.rule_files
     problems += check_codes(pack)
     problems += check_unused_valuesets(pack)
+    problems += check_valuesets(pack)
     for rule in pack.rules:
         doc = docs.get(rule.id)
         if doc is not None:
             problems += check_templates(pack, rule, doc)
             problems += check_reachability(pack, rule, doc)
+            problems += check_card_figures(pack, rule, doc)
     cases, case_problems = load_cases(root, pack)
     problems += case_problems
+    problems += check_rendering(pack, cases, problems)  # cards render with the cases' and synthetic facts
     if run_case_inputs and not any(p.severity == "error" for p in problems):
         problems += check_case_coverage(pack, cases, docs)
     return LintResult(pack, sorted(set(problems)))

@@ -1,7 +1,8 @@
 """Hot reload of the rule pack in a running service: lint off to the side, swap only a valid pack.
 
 On a change under the pack folder: lint it in a worker thread (reading and validating files is pure Python,
-no engine); refuse it with every lint error logged if it has errors or if the files changed while being read
+no engine; lint includes rendering every card, see render_check.py); refuse it with every lint error logged
+if it has errors outside the test cases (a case with a missing input is logged, it does not block a pack) or if the files changed while being read
 (the next change event retries); otherwise let the state holder build the new Evaluator and swap it in on
 the event-loop thread (durable_rules must not be touched from two threads). The last good pack keeps serving
 until then, and a request reads the active pack once, so it never sees half of one and half of another.
@@ -16,6 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from ccsvi_cds.authoring.cases import is_case_problem
 from ccsvi_cds.authoring.lint import LintResult, lint_pack
 from ccsvi_cds.rulepack.loader import RulePack
 
@@ -89,8 +91,13 @@ class PackReloader:
             log.info("rule pack changed while being read; waiting for the next change",
                      extra={"rules_dir": str(self.rules_dir)})
             return ReloadOutcome("unstable")
-        if not result.ok or result.pack is None:
-            errors = tuple(str(p) for p in result.errors)
+        for problem in result.errors:  # the service does not run the cases: their problems never block a pack
+            if is_case_problem(problem, self.rules_dir):
+                log.warning("rule pack case problem (not blocking the reload): %s", problem,
+                            extra={"rules_dir": str(self.rules_dir)})
+        blocking = [p for p in result.errors if not is_case_problem(p, self.rules_dir)]
+        if blocking or result.pack is None:
+            errors = tuple(str(p) for p in blocking)
             for line in errors:
                 log.error("rule pack refused: %s", line, extra={"rules_dir": str(self.rules_dir)})
             running = self.holder.current.pack

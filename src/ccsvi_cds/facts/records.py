@@ -295,6 +295,16 @@ def read_request(request: Mapping[str, Any], types: Collection[str],
     return records
 
 
+def read_document(data: Any, origin: str, types: Collection[str],
+                  check: Callable[[Located], list[Issue]] | None = None) -> Records:
+    """A JSON document as users hand it over: a CDS Hooks request, a FHIR resource or Bundle, or a list."""
+    if is_hook_request(data):
+        return read_request(data, types, check)
+    if isinstance(data, list):
+        return read_records([Located(f"{origin}[{i}]", r) for i, r in enumerate(data)], types, check=check)
+    return read_records([Located(origin, data)], types, check=check)
+
+
 def unresolved(records: Records, wanted: Collection[str]) -> list[Ref]:
     """References to resources of the `wanted` types that the records point to but do not hold (e.g. the
     ResearchStudy an order is linked to): what a shell with a FHIR server should read."""

@@ -2,11 +2,15 @@
 
 ruamel.yaml's round-trip loader records positions for mappings and sequences (JSON is YAML too), which
 lets a pydantic error location like ("when", 0, "order", "where") point at a line an author can open.
+A valid JSON file (a value set) is read with `json` and given to ruamel only when a position is asked for:
+ruamel is about a hundred times slower, and every process that loads the pack pays for it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +47,13 @@ class SourceDoc:
 
     path: Path
     display: str
-    tree: Any
+    parsed: Any  # the ruamel tree, or None when the file was read as plain JSON (see `tree`)
     data: Any
+    text: str = field(default="", repr=False, compare=False)
+
+    @cached_property
+    def tree(self) -> Any:
+        return self.parsed if self.parsed is not None else YAML(typ="rt").load(self.text)
 
     def locate(self, loc: tuple[Any, ...]) -> tuple[int, int]:
         """1-based (line, column) of the deepest node on `loc` that exists."""
@@ -85,6 +94,11 @@ def read_doc(path: Path, display: str) -> SourceDoc:
     except (OSError, UnicodeDecodeError) as exc:
         raise SourceError(Problem(display, 1, 1, f"cannot read file: {exc}",
                                   "check that the file exists and is UTF-8 text")) from exc
+    if path.suffix == ".json":
+        try:
+            return SourceDoc(path, display, None, json.loads(text, object_pairs_hook=_unique_keys), text)
+        except ValueError:
+            pass  # ruamel reports it, with its line and column
     try:
         tree = yaml.load(text)
     except MarkedYAMLError as exc:
@@ -97,4 +111,11 @@ def read_doc(path: Path, display: str) -> SourceDoc:
     except Exception as exc:  # ruamel raises a few non-marked errors (e.g. duplicate keys)
         raise SourceError(Problem(display, 1, 1, f"not valid YAML/JSON: {exc}",
                                   "check the file's syntax (e.g. no duplicate keys)")) from exc
-    return SourceDoc(path, display, tree, _plain(tree))
+    return SourceDoc(path, display, tree, _plain(tree), text)
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [k for k, _ in pairs]
+    if len(set(keys)) != len(keys):
+        raise ValueError("duplicate key")
+    return dict(pairs)

@@ -1,10 +1,18 @@
-"""The Jinja2 environment card templates render in: sandboxed, with `cite(id)` for evidence."""
+"""The Jinja2 environment card templates render in: sandboxed, with `cite(id)` for evidence.
+
+Two ways to treat a name or field that is not there: at request time `ChainableUndefined` renders it as
+nothing (so `{{ prior.performed }}` never turns a critical warning into no card at all), while the checks
+before a pack is accepted (`rules lint`, hot reload) render with `StrictUndefined`, so the same slip fails
+loudly there with its file:line:column. A template that renders under the strict environment renders
+identically under the lenient one: strictness only adds failures.
+"""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
 
+from jinja2 import ChainableUndefined, StrictUndefined
 from jinja2.sandbox import SandboxedEnvironment
 
 from ccsvi_cds.rulepack.model import Citation
@@ -16,8 +24,10 @@ def citation_markdown(citation: Citation) -> str:
     return f"([{citation.label}]({link}))" if link else f"({citation.label})"
 
 
-def template_env(evidence: Mapping[str, Citation]) -> SandboxedEnvironment:
-    env = SandboxedEnvironment(autoescape=False, keep_trailing_newline=False, trim_blocks=False)
+def template_env(evidence: Mapping[str, Citation], *, strict: bool = False) -> SandboxedEnvironment:
+    """strict: every undefined name or field raises (checks); else it renders as nothing (requests)."""
+    env = SandboxedEnvironment(autoescape=False, keep_trailing_newline=False, trim_blocks=False,
+                               undefined=StrictUndefined if strict else ChainableUndefined)
 
     def cite(evidence_id: str) -> str:
         citation = evidence.get(evidence_id)

@@ -34,6 +34,7 @@ from .discovery import discovery_document, services_of
 from .errors import Problem, ServiceError, error_response, outcome_response
 from .feedback_store import Store
 from .hook import HookHandler
+from .http_guard import BACKLOG_KEY
 from .jwt_auth import JwtVerifier
 from .models import FeedbackRequest, parse_json, validate
 from .prefetch import PrefetchCompleter
@@ -146,10 +147,12 @@ async def feedback(request: Request, rt: Runtime) -> Response:
 
 async def health(request: Request, rt: Runtime) -> Response:
     ok = rt.rules.loaded
-    return json_response({"status": "ok" if ok else "starting",
+    status = ("degraded" if rt.rules.cards_failing else "ok") if ok else "starting"  # degraded: still 200
+    return json_response({"status": status,
                           "rulePack": rt.rules.current.identity if ok else None,
                           "auth": "jwt" if rt.verifier is not None else "off",
                           "rulePackReload": _reload_status(request),
+                          "cardRenderErrors": rt.rules.card_error_status(),
                           "pid": os.getpid()}, 200 if ok else 503)
 
 
@@ -206,6 +209,34 @@ class AccessLog:
             log.info("request", extra=extra)
 
 
+class LoadShedder:
+    """503 + Retry-After for a request that arrives while `limit` requests of this worker are in progress
+    or queued (uvicorn's task count at arrival, see http_guard, or those in this app): answering late is
+    worse than asking the EHR to retry. /health is never shed."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+        self.in_flight = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] == "/health":
+            await self.app(scope, receive, send)
+            return
+        if max(scope.get(BACKLOG_KEY, 0), self.in_flight) >= self.limit:
+            scope.setdefault("ccsvi.log", {})["problem"] = "overloaded: request shed"
+            response = outcome_response(503, [Problem(
+                f"the service is at its limit of {self.limit} requests in progress; retry shortly",
+                code="throttled")], headers={"Retry-After": "1"})
+            await response(scope, receive, send)
+            return
+        self.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1
+
+
 def create_app(settings: ServiceSettings | None = None) -> Starlette:
     settings = settings or ServiceSettings()
 
@@ -253,11 +284,14 @@ def create_app(settings: ServiceSettings | None = None) -> Starlette:
     ]
     middleware = [
         Middleware(AccessLog),
+        Middleware(LoadShedder, limit=settings.max_in_flight),
         Middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST", "OPTIONS"],
-                   allow_headers=["Content-Type", "Authorization"], max_age=600),
+                   allow_headers=settings.cors_headers, max_age=600),
     ]
-    return Starlette(routes=routes, middleware=middleware, lifespan=lifespan,
-                     exception_handlers={HTTPException: http_error})
+    app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan,
+                    exception_handlers={HTTPException: http_error})
+    app.router.redirect_slashes = False  # its redirect's Location comes from the Host header: 404 instead
+    return app
 
 
 def create_app_from_env() -> Starlette:

@@ -73,6 +73,8 @@ def serve(host: str | None, port: int | None, rules_dir: Path | None, allow_fhir
                                      "workers": settings.workers, "auth": auth, "fhir_servers": fetch})
     click.echo(f"ccsvi-cds: serving {pack.name} {pack.version} on http://{settings.host}:{settings.port} "
                f"({settings.workers} worker(s)); {auth}; FHIR servers: {fetch}", err=True)
+    from .http_guard import GuardedHttpToolsProtocol
+
     uvicorn.run("ccsvi_cds.service.app:create_app_from_env", factory=True, host=settings.host, port=settings.port,
                 workers=settings.workers, access_log=False, log_config=None, proxy_headers=False,
-                timeout_keep_alive=30, lifespan="on")
+                http=GuardedHttpToolsProtocol, timeout_keep_alive=settings.keepalive_timeout_s, lifespan="on")

@@ -59,15 +59,17 @@ class HookHandler:
             raise ServiceError(400, Problem("context or prefetch nests JSON deeper than 255 levels",
                                             code="too-costly")) from None
         result = active.evaluator.evaluate_records(read)
+        for error in result.card_errors:  # that card is left out; the others are answered
+            self._rules.card_failed(error.rule_id, error.message)
         findings = result.findings
         cards, records = finalize(findings, self._settings.legacy_delete_resource)
         refs = sorted(set(order_keys))
-        self._store.submit_decision(DecisionRecord(
+        await self._store.record_decision(DecisionRecord(  # committed before the cards are answered
             hook_instance=req.hookInstance, service_id=service.id, hook=req.hook,
             patient_id=context.patientId, user_id=context.userId, encounter_id=context.encounterId,
             order_refs=refs, input_digest=input_digest, pack=active.identity,
             issue_paths=[i.path for i in result.issues][:100], cards=records,
         ))
         info.update(cards=len(cards), rules=[r.rule_id for r in records], issues=len(result.issues),
-                    orders=result.orders_evaluated)
+                    orders=result.orders_evaluated, cardErrors=len(result.card_errors))
         return {"cards": cards}, info

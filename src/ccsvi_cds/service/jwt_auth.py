@@ -9,7 +9,10 @@ and a `jti` is accepted once. Tokens are never logged.
 
 from __future__ import annotations
 
+import asyncio
+import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +21,7 @@ import jwt
 import orjson
 
 from .errors import Problem, ServiceError
+from .logs import log
 from .replay import ReplayCache
 from .settings import ServiceSettings, TrustedIssuer
 
@@ -25,42 +29,100 @@ ALLOWED_ALGORITHMS = frozenset(
     {"ES256", "ES384", "ES512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "EdDSA"}
 )
 MAX_JWKS_BYTES = 256_000
-REFRESH_INTERVAL_S = 30.0  # at most one forced JWKS refetch per URL in this interval (unknown kid)
+JWKS_HEADERS = {"Accept": "application/json", "Accept-Encoding": "identity"}  # no decompression bomb
 
 
 def unauthorized(message: str) -> ServiceError:
-    safe = message.replace('"', "'")
+    safe = message.encode("ascii", "backslashreplace").decode().replace('"', "'").replace("\\", "/")[:300]
     return ServiceError(401, Problem(message, code="login"),
                         {"WWW-Authenticate": f'Bearer error="invalid_token", error_description="{safe}"'})
 
 
-class JwksCache:
-    """JWKS documents by URL, cached for `ttl` seconds; fetched only for URLs the caller has allowed."""
+@dataclass
+class _Source:
+    """One JWKS URL: the last good key set, when it was fetched, and the fetch in flight (if any)."""
 
-    def __init__(self, client: httpx.AsyncClient, ttl: float, timeout: float) -> None:
+    keys: jwt.PyJWKSet | None = None
+    fetched_at: float = -math.inf
+    attempted_at: float = -math.inf
+    error: str = "could not fetch the issuer's JWKS"
+    fetch: asyncio.Task[None] | None = None
+
+
+class JwksCache:
+    """JWKS documents by URL, fetched only for URLs the caller has allowed.
+
+    A fresh set (younger than `ttl`) is used as is; an older one is still used, up to `max_stale`, while
+    one fetch refreshes it in the background, so a slow or failing endpoint delays no request and the
+    last good keys keep working. Fetches are single-flight (concurrent requests wait for the same one)
+    and rate-limited per URL (`min_interval`: an unknown `kid` or a failed fetch cannot make every request
+    fetch), and the body is read only up to MAX_JWKS_BYTES.
+    """
+
+    def __init__(self, client: httpx.AsyncClient, ttl: float, timeout: float, max_stale: float = 86400.0,
+                 min_interval: float = 2.0) -> None:
         self._client = client
         self._ttl = ttl
+        self._max_stale = max(max_stale, ttl)
+        self._min_interval = min_interval
         self._timeout = timeout
-        self._sets: dict[str, tuple[float, jwt.PyJWKSet]] = {}
-        self._last_fetch: dict[str, float] = {}
+        self._sources: dict[str, _Source] = {}
 
     async def get(self, url: str, refresh: bool = False) -> jwt.PyJWKSet:
+        """The key set at `url`; `refresh`: the caller missed a key (rotation?), fetch unless just fetched."""
+        src = self._sources.setdefault(url, _Source())
+        age = time.monotonic() - src.fetched_at
+        if src.keys is not None and not refresh and age < self._max_stale:
+            if age >= self._ttl:
+                self._start(url, src)  # refresh behind the request
+            return src.keys
+        fetch = self._start(url, src)
+        if fetch is not None:
+            await asyncio.shield(fetch)  # one client going away does not cancel the others' fetch
+        if src.keys is not None and time.monotonic() - src.fetched_at < self._max_stale:
+            return src.keys
+        raise unauthorized(src.error)
+
+    def _start(self, url: str, src: _Source) -> asyncio.Task[None] | None:
+        """The fetch in flight, a new one if the last attempt is old enough, else None (rate-limited)."""
+        if src.fetch is not None and not src.fetch.done():
+            return src.fetch
         now = time.monotonic()
-        cached = self._sets.get(url)
-        if cached and cached[0] > now and not refresh:
-            return cached[1]
-        if cached and refresh and now - self._last_fetch.get(url, 0.0) < REFRESH_INTERVAL_S:
-            return cached[1]
-        self._last_fetch[url] = now
+        if now - src.attempted_at < self._min_interval:
+            return None
+        src.attempted_at = now
+        src.fetch = asyncio.create_task(self._fetch(url, src))
+        return src.fetch
+
+    async def _fetch(self, url: str, src: _Source) -> None:
         try:
-            resp = await self._client.get(url, timeout=self._timeout, headers={"Accept": "application/json"})
+            raw = await self._download(url)
+            keys = _keyset(raw)
+        except Exception as exc:  # noqa: BLE001 - a background task: every failure is recorded, none escapes
+            src.error = (exc.problems[0].message if isinstance(exc, ServiceError)
+                         else f"could not read the issuer's JWKS ({type(exc).__name__})")
+            log.warning("JWKS fetch failed", extra={"jwks_url": url, "problem": src.error,
+                                                    "using_last_good": src.keys is not None})
+            return
+        src.keys, src.fetched_at = keys, time.monotonic()
+
+    async def _download(self, url: str) -> bytes:
+        too_large = unauthorized(f"the issuer's JWKS exceeds {MAX_JWKS_BYTES} bytes")
+        try:
+            async with self._client.stream("GET", url, timeout=self._timeout, headers=JWKS_HEADERS) as resp:
+                if resp.status_code != 200:
+                    raise unauthorized(f"could not fetch the issuer's JWKS (HTTP {resp.status_code})")
+                declared = resp.headers.get("content-length", "")
+                if declared.isdigit() and int(declared) > MAX_JWKS_BYTES:
+                    raise too_large
+                body = bytearray()
+                async for chunk in resp.aiter_raw():
+                    body += chunk
+                    if len(body) > MAX_JWKS_BYTES:
+                        raise too_large
         except httpx.HTTPError as exc:
             raise unauthorized(f"could not fetch the issuer's JWKS ({type(exc).__name__})") from None
-        if resp.status_code != 200 or len(resp.content) > MAX_JWKS_BYTES:
-            raise unauthorized(f"could not fetch the issuer's JWKS (HTTP {resp.status_code})")
-        keys = _keyset(resp.content)
-        self._sets[url] = (now + self._ttl, keys)
-        return keys
+        return bytes(body)
 
 
 def _keyset(raw: bytes | dict[str, Any]) -> jwt.PyJWKSet:
@@ -80,7 +142,8 @@ class JwtVerifier:
                 self._static[issuer.iss] = jwt.PyJWKSet.from_dict(issuer.jwks)
             elif issuer.jwks_file is not None:
                 self._static[issuer.iss] = jwt.PyJWKSet.from_dict(orjson.loads(Path(issuer.jwks_file).read_bytes()))
-        self._jwks = JwksCache(client, settings.jwks_cache_ttl_s, settings.fhir_timeout_s)
+        self._jwks = JwksCache(client, settings.jwks_cache_ttl_s, settings.fhir_timeout_s,
+                               settings.jwks_max_stale_s, settings.jwks_refetch_interval_s)
         self._replay = replay
         self._leeway = settings.jwt_leeway_s
         self._max_lifetime = settings.jwt_max_lifetime_s
@@ -99,8 +162,10 @@ class JwtVerifier:
         except jwt.PyJWTError:
             raise unauthorized("the bearer token is not a well-formed JWT") from None
         alg = header.get("alg")
-        if alg not in ALLOWED_ALGORITHMS:
-            raise unauthorized(f"JWT alg {alg!r} is refused: only asymmetric algorithms (e.g. ES384, RS384)")
+        if not isinstance(alg, str) or alg not in ALLOWED_ALGORITHMS:
+            shown = repr(alg) if isinstance(alg, str) and alg.isascii() and alg.isprintable() and len(alg) <= 16 else ""
+            raise unauthorized(f"JWT alg {shown or '(not shown)'} is refused: only asymmetric algorithms "
+                               "(e.g. ES384, RS384)")
         iss = unverified.get("iss")
         issuer = self._issuers.get(iss) if isinstance(iss, str) else None
         if issuer is None:

@@ -15,21 +15,44 @@ import orjson
 LOGGER_NAME = "ccsvi_cds.service"
 log = logging.getLogger(LOGGER_NAME)
 
+MAX_VALUE_CHARS = 200  # a client value is logged at most this long, with control characters escaped
+
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime", "color_message"}
 
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        out = {
+        out: dict[str, object] = {
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
-            "msg": record.getMessage(),
+            "msg": clip(record.getMessage()),
         }
         for key, value in vars(record).items():
             if key not in _STANDARD and not key.startswith("_"):
-                out[key] = value
+                out[key] = bounded(value)
         return orjson.dumps(out, default=str).decode()
+
+
+def clip(text: str, limit: int = MAX_VALUE_CHARS) -> str:
+    """At most `limit` characters, non-printable ones (NUL, CR, LF, escapes) as `\\xNN`/`\\uNNNN`."""
+    head = text[:limit]
+    if not head.isprintable():
+        head = "".join(c if c.isprintable() else ascii(c)[1:-1] for c in head)
+    return head if len(text) <= limit else f"{head}...(+{len(text) - limit} chars)"
+
+
+def bounded(value: object, depth: int = 0) -> object:
+    """A log field with every string clipped and containers bounded (at most 50 items, 3 levels)."""
+    if isinstance(value, str):
+        return clip(value)
+    if isinstance(value, (int, float, bool)) or value is None:
+        return value
+    if depth < 3 and isinstance(value, (list, tuple)):
+        return [bounded(v, depth + 1) for v in value[:50]]
+    if depth < 3 and isinstance(value, dict):
+        return {clip(str(k), 60): bounded(v, depth + 1) for k, v in list(value.items())[:50]}
+    return clip(str(value))
 
 
 class BufferedHandler(logging.Handler):

@@ -7,6 +7,7 @@ fields are allowed (CDS Hooks 1.0 clients, `extension`), as the specification as
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -15,8 +16,11 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import Problem, ServiceError
+from .fhir_client import canonical_url
 
 NonEmpty = Field(min_length=1)
+VISIBLE_ASCII = re.compile(r"[!-~]+")
+UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
 
 class _Open(BaseModel):
@@ -30,6 +34,13 @@ class FhirAuthorization(_Open):
     scope: str | None = None
     subject: str | None = None
     patient: str | None = None
+
+    @field_validator("access_token")
+    @classmethod
+    def _token(cls, value: str) -> str:
+        if not VISIBLE_ASCII.fullmatch(value):  # it becomes an HTTP header: RFC 6750 b64token is ASCII
+            raise ValueError("access_token must be visible ASCII characters (no spaces or control characters)")
+        return value
 
     @field_validator("token_type")
     @classmethod
@@ -48,13 +59,23 @@ class HookRequest(_Open):
     prefetch: dict[str, Any] | None = None
     extension: dict[str, Any] | None = None
 
+    @field_validator("hookInstance")
+    @classmethod
+    def _uuid(cls, value: str) -> str:
+        if not UUID.fullmatch(value):  # CDS Hooks 2.0: "a universally unique identifier (UUID)"
+            raise ValueError("hookInstance must be a UUID (8-4-4-4-12 hexadecimal digits)")
+        return value
+
     @field_validator("fhirServer")
     @classmethod
     def _url(cls, value: str | None) -> str | None:
         if value is not None:
+            if canonical_url(value) is None:
+                raise ValueError("fhirServer must be an absolute http(s) URL of visible ASCII characters, "
+                                 "without credentials, encoded slashes or a malformed escape")
             parts = urlsplit(value)
-            if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise ValueError("fhirServer must be an absolute http(s) URL")
+            if parts.query or parts.fragment or value.endswith(("?", "#")):
+                raise ValueError("fhirServer must be a FHIR base URL, without query or fragment")
         return value
 
 

@@ -94,6 +94,11 @@ class ServiceSettings(BaseSettings):
     jwt_leeway_s: int = Field(default=30, ge=0, le=300)
     jwt_max_lifetime_s: int = Field(default=3600, ge=1)
     jwks_cache_ttl_s: int = Field(default=300, ge=0)
+    """A fetched JWKS is fresh this long; after that it is refreshed in the background while still used."""
+    jwks_max_stale_s: int = Field(default=86400, ge=0)
+    """While the JWKS endpoint fails, the last good key set keeps verifying tokens up to this age."""
+    jwks_refetch_interval_s: float = Field(default=2.0, ge=0, le=300)
+    """At most one fetch per JWKS URL in this interval (an unknown `kid`, or after a failed fetch)."""
 
     allow_fhir_servers: StrList = Field(default_factory=list)
     fhir_timeout_s: float = Field(default=5.0, gt=0, le=60)
@@ -103,7 +108,18 @@ class ServiceSettings(BaseSettings):
     """CDS Hooks 2.0: a null prefetch value means "no data". True: fetch it anyway (for clients that misuse null)."""
 
     max_body_bytes: int = Field(default=1_000_000, ge=1024)
+    max_in_flight: int = Field(default=64, ge=1)
+    """Per worker: a request arriving while this many are in progress or queued gets 503 + Retry-After."""
+    max_header_bytes: int = Field(default=32768, ge=1024)
+    """Request line and headers larger than this get 431 and the connection is closed."""
+    max_headers: int = Field(default=100, ge=8)
+    header_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    """A connection that has not sent a complete request head this long after it began is closed."""
+    keepalive_timeout_s: int = Field(default=5, ge=1, le=600)
+    """An idle keep-alive connection is closed after this many seconds."""
     cors_origins: StrList = Field(default_factory=lambda: ["*"])
+    cors_headers: StrList = Field(default_factory=lambda: ["Authorization", "Content-Type", "X-Request-Id"])
+    """Request headers a browser client may send (CORS preflight `Access-Control-Allow-Headers`)."""
     db_path: Path = Path("ccsvi-cds.sqlite3")
     fhir_validation: bool = False
     """Validate every FHIR resource with fhir.resources before evaluating (strict integration mode; ~0.3 ms
@@ -115,7 +131,7 @@ class ServiceSettings(BaseSettings):
     """Watch rules_dir and hot-reload the pack: a changed pack is linted off to the side and swapped in only
     if valid; an invalid one is refused (lint errors logged) and the last good pack keeps serving."""
 
-    @field_validator("allow_fhir_servers", "cors_origins", mode="before")
+    @field_validator("allow_fhir_servers", "cors_origins", "cors_headers", mode="before")
     @classmethod
     def _lists(cls, value: Any) -> Any:
         return _split_list(value)
@@ -138,6 +154,10 @@ class ServiceSettings(BaseSettings):
                 raise ValueError(f"allowed FHIR server {url!r} is not an http(s) URL")
             if parts.username or parts.password or parts.query or parts.fragment:
                 raise ValueError(f"allowed FHIR server {url!r} must not carry credentials, query or fragment")
+            from .fhir_client import canonical_url
+
+            if canonical_url(url) is None:
+                raise ValueError(f"allowed FHIR server {url!r} has no normal form (encoded '/', '%' or bad escape)")
         return value
 
     @property

@@ -9,11 +9,14 @@ and the decision record names the one that produced its cards. Call `swap` from 
 from __future__ import annotations
 
 import gc
+import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger("ccsvi_cds.service")
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,27 @@ class RuleState:
     def __init__(self, **evaluator_options: Any) -> None:
         self._active: ActiveRules | None = None
         self._options = evaluator_options  # e.g. base_url=, validate= for every Evaluator built here
+        self.card_errors = 0  # cards dropped at request time because they failed to render
+        self.last_card_error: dict[str, str] | None = None
+
+    def card_failed(self, rule_id: str, message: str) -> None:
+        """A card of `rule_id` failed to render and was left out of an answer: log it, count it for /health."""
+        pack = self.current.identity
+        self.card_errors += 1
+        self.last_card_error = {"rule": rule_id, "error": message, "packDigest": pack["digest"],
+                                "at": datetime.now(UTC).isoformat(timespec="seconds")}
+        log.error("card failed to render; answered without it",
+                  extra={"rule": rule_id, "error": message, "version": pack["version"], "digest": pack["digest"]})
+
+    @property
+    def cards_failing(self) -> bool:
+        """True when a card of the running pack has failed to render (a new pack starts afresh)."""
+        last = self.last_card_error
+        return last is not None and self._active is not None and last["packDigest"] == self._active.pack.digest
+
+    def card_error_status(self) -> dict[str, Any]:
+        """For /health: how many cards failed to render in this worker, and the last one."""
+        return {"count": self.card_errors, "last": self.last_card_error}
 
     @property
     def current(self) -> ActiveRules:
