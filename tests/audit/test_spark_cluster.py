@@ -29,15 +29,18 @@ def test_standalone_cluster_gives_the_embedded_findings(tmp_path: Path, rules_di
     export = tmp_path / "bulk"
     info = generate(export, 8000, seed=11, per_file=2000, shape="referral")  # plain NDJSON: several tasks a file
     assert any(v != "silent" for v in info["truth"].values())
-    # A bad record too: the cluster reports it at the same file and line as the embedded engine.
-    bad = next(export.glob("ServiceRequest.1.ndjson"))
-    bad.write_bytes(bad.read_bytes() + b'{"resourceType": "ServiceRequest", "id": \n')
+    # A bad record too (in place of one, so the manifest's count still holds): the cluster reports it at the
+    # same file and line as the embedded engine.
+    bad = export / "ServiceRequest.1.ndjson"
+    lines = bad.read_bytes().splitlines(keepends=True)
+    lines[1500] = b'{"resourceType": "ServiceRequest", "id": \n'
+    bad.write_bytes(b"".join(lines))
     emb = run_audit(AuditOptions([str(export)], tmp_path / "embedded", rules_dir, workers=2))
 
     env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "SPARK_LOCAL_IP": "127.0.0.1"}
     out = tmp_path / "spark"
     with standalone_cluster(tmp_path / "cluster", workers=2, cores=1, memory="1g") as cluster:
-        conf = {"spark.ui.enabled": "false", "spark.driver.host": "127.0.0.1",
+        conf = {"spark.ui.enabled": "false", "spark.ui.showConsoleProgress": "false", "spark.driver.host": "127.0.0.1",
                 "spark.driver.bindAddress": "127.0.0.1", "spark.executor.memory": "512m",
                 "spark.driver.memory": "512m",
                 # start work only once both executors are up, so that both get tasks
@@ -57,6 +60,8 @@ def test_standalone_cluster_gives_the_embedded_findings(tmp_path: Path, rules_di
     for key in SAME_SUMMARY:
         assert spk[key] == emb[key], key
     assert emb["findings"]["total"] > 0 and emb["errors"]["total"] == 1
+    error = orjson.loads((out / "errors.ndjson").read_bytes())
+    assert (error["file"], error["line"]) == (str(bad), 1501)
 
     # Each worker ran an executor (its own JVM, in its own work directory) that fetched the package zip
     # (PySpark's workers put it first on sys.path).
