@@ -8,7 +8,13 @@ carotid (arterial) angioplasty, MS recorded as refuted, entered-in-error orders.
 the three ways real exports mix (relative, absolute, versioned). Only codes from shared/clinical/terminology.md
 and well-known ICD-10-CM / LOINC codes are used; ordinary referrals are text-only, as in many EHRs.
 
-    python -m bench.generate_export OUT_DIR --resources 1000000 [--seed 7] [--gzip] [--per-file 200000]
+Two shapes. ``default`` is an EHR export: per patient 1-4 Encounters, 3-12 Observations, 0-2 Conditions and
+0-2 orders (most patients have none). ``referral`` is what a referral or order system exports: per patient
+1-2 routine orders (brain MRI, blood count, vitamin D, neurology or physiotherapy referrals), Conditions for
+about a third, no Encounters or Observations; at 1M resources about 318k Patients, 193k Conditions, 482k
+ServiceRequests and a few hundred Procedures. Both have the same rare CCSVI orders and look-alikes.
+
+    python -m bench.generate_export OUT_DIR --resources 1000000 [--shape referral] [--seed 7] [--gzip]
 
 Writes OUT_DIR/manifest.json, OUT_DIR/<Type>.<n>.ndjson[.gz] and OUT_DIR/.truth.json (expected outcome per
 ServiceRequest id: the rule expected to fire, or "silent"; a dot-file, so audits ignore it).
@@ -44,6 +50,9 @@ COMMON_CONDITIONS = [(ICD10CM, "I10", "Essential (primary) hypertension"),
 ORDINARY_REFERRALS = ["MRI brain without contrast", "Physiotherapy referral", "Neurology outpatient referral",
                       "Echocardiogram", "Colonoscopy", "Dermatology referral", "Ultrasound abdomen",
                       "Ophthalmology referral", "Sleep study", "Cardiology outpatient referral"]
+# What a referral system orders for nearly everyone (text-only, as ordinary referrals are above).
+ROUTINE_ORDERS = ["MRI brain without contrast", "MRI brain with and without contrast", "Complete blood count",
+                  "Vitamin D 25-hydroxy level", "Neurology outpatient referral", "Physiotherapy referral"]
 VITALS = [("8867-4", "Heart rate", "/min", 55, 110), ("8480-6", "Systolic blood pressure", "mm[Hg]", 95, 170),
           ("8462-4", "Diastolic blood pressure", "mm[Hg]", 55, 105), ("8310-5", "Body temperature", "Cel", 36, 39),
           ("29463-7", "Body weight", "kg", 45, 130), ("8302-2", "Body height", "cm", 145, 200)]
@@ -157,12 +166,21 @@ class Generator:
 
     # --- one patient -----------------------------------------------------------------------------------
 
-    def patient(self) -> Iterator[dict[str, Any]]:
+    def _patient(self) -> dict[str, Any]:
         r = self.r
         pid = self._id("pat")
-        yield {"resourceType": "Patient", "id": pid, "meta": self._meta(),
-               "identifier": [{"system": "urn:oid:2.16.840.1.113883.19.5", "value": f"MRN{self.seq:09d}"}],
-               "gender": r.choice(["female", "male"]), "birthDate": f"{r.randint(1935, 2004)}-{r.randint(1, 12):02d}-01"}
+        return {"resourceType": "Patient", "id": pid, "meta": self._meta(),
+                "identifier": [{"system": "urn:oid:2.16.840.1.113883.19.5", "value": f"MRN{self.seq:09d}"}],
+                "gender": r.choice(["female", "male"]),
+                "birthDate": f"{r.randint(1935, 2004)}-{r.randint(1, 12):02d}-01"}
+
+    def patient(self) -> Iterator[dict[str, Any]]:
+        """The benchmark's own shape: an EHR export, mostly Encounters and Observations; most patients have
+        no order at all."""
+        r = self.r
+        pat = self._patient()
+        pid = pat["id"]
+        yield pat
         subj = lambda: self.ref("Patient", pid)
         encounters = []
         for _ in range(r.randint(1, 4)):
@@ -201,6 +219,41 @@ class Generator:
             yield self.order(pid, _cc(None, None, "MRI brain with and without contrast"), None)
         for _ in range(r.choice((0, 0, 1, 1, 2))):
             yield self.order(pid, _cc(None, None, r.choice(ORDINARY_REFERRALS)), None)
+
+    def referral_patient(self) -> Iterator[dict[str, Any]]:
+        """The referral shape: what a referral or order system exports. Every patient has one or two routine
+        orders, about a third have Conditions, no Encounters or Observations; CCSVI orders and their
+        look-alikes are as rare as in the default shape."""
+        r = self.r
+        pat = self._patient()
+        pid = pat["id"]
+        yield pat
+        routine = r.randint(1, 2)
+        if r.random() < 0.27:  # with the MS and look-alike patients below: Conditions for about a third
+            for system, code, display in r.sample(COMMON_CONDITIONS, r.randint(1, 3)):
+                yield self.condition(pid, _cc(system, code, display))
+        x = r.random()
+        if x < 0.06:
+            yield from self.ms_patient(pid)  # includes one routine order
+            routine -= 1
+        elif x < 0.065:
+            yield from self.dialysis_patient(pid, ms=r.random() < 0.3)
+            if r.random() < 0.2:  # the fistula was dilated before: a Procedure no CCSVI rule may count
+                yield {"resourceType": "Procedure", "id": self._id("proc"), "status": "completed",
+                       "code": _cc(CPT, "36902", "Dialysis circuit angioplasty", "AV fistula angioplasty"),
+                       "subject": self.ref("Patient", pid), "performedDateTime": f"{self._date(2012, 2023)}T08:00:00Z"}
+        elif x < 0.07:
+            yield from self.iliac_patient(pid, ms=r.random() < 0.3)
+        elif x < 0.075:
+            yield from self.carotid_patient(pid, ms=r.random() < 0.3)
+        elif x < 0.0755:  # no MS on record, but the order itself says CCSVI
+            yield self.order(pid, _cc(CPT, "37248", "Transluminal balloon angioplasty, vein"), [JUGULAR],
+                             reason=_cc(None, None, "CCSVI"), expect="venous-angioplasty-ms")
+        elif x < 0.076:
+            yield self.condition(pid, _cc(ICD10CM, "G37.9", "Demyelinating disease of central nervous system, unspecified",
+                                          "Clinically isolated syndrome"))
+        for _ in range(routine):
+            yield self.order(pid, _cc(None, None, r.choice(ROUTINE_ORDERS)), None)
 
     def condition(self, pid: str, code: dict[str, Any], clinical: str = "active",
                   verification: str = "confirmed") -> dict[str, Any]:
@@ -293,8 +346,15 @@ class Generator:
                          [CAROTID], reason=_cc(ICD10CM, "I65.2", "Occlusion and stenosis of carotid artery"))
 
 
-def generate(out: Path, resources: int, seed: int = 7, gz: bool = False, per_file: int = 200_000) -> dict[str, Any]:
-    """Write an export of about ``resources`` resources (stops at the first patient boundary past it)."""
+SHAPES = ("default", "referral")
+
+
+def generate(out: Path, resources: int, seed: int = 7, gz: bool = False, per_file: int = 200_000,
+             shape: str = "default") -> dict[str, Any]:
+    """Write an export of about ``resources`` resources (stops at the first patient boundary past it), in one
+    of SHAPES: ``default`` (an EHR export, mostly Observations) or ``referral`` (every patient has orders)."""
+    if shape not in SHAPES:
+        raise ValueError(f"unknown shape {shape!r}: one of {', '.join(SHAPES)}")
     out.mkdir(parents=True, exist_ok=True)
     for old in list(out.glob("*.ndjson")) + list(out.glob("*.ndjson.gz")):
         old.unlink()
@@ -302,8 +362,9 @@ def generate(out: Path, resources: int, seed: int = 7, gz: bool = False, per_fil
     w = Writer(out, gz, per_file)
     for res in g.directory():
         w.write(res)
+    patient = g.referral_patient if shape == "referral" else g.patient
     while w.total < resources:
-        for res in g.patient():
+        for res in patient():
             w.write(res)
     w.close()
     manifest = {
@@ -326,8 +387,10 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--gzip", action="store_true")
     ap.add_argument("--per-file", type=int, default=200_000)
+    ap.add_argument("--shape", choices=SHAPES, default="default",
+                    help="default: an EHR export, mostly Observations; referral: every patient has 1-2 orders")
     a = ap.parse_args()
-    info = generate(a.out, a.resources, a.seed, a.gzip, a.per_file)
+    info = generate(a.out, a.resources, a.seed, a.gzip, a.per_file, a.shape)
     fired = sum(1 for v in info["truth"].values() if v != "silent")
     print(f"{info['resources']} resources in {info['files']} files; {len(info['truth'])} ServiceRequests, "
           f"{fired} expected to fire")

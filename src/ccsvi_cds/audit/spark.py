@@ -9,8 +9,12 @@ engine writes. Executors must see the input paths (local mode, or a shared files
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import sys
+import tempfile
+import zipfile
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -104,7 +108,8 @@ def session(master: str | None = None, conf: Sequence[tuple[str, str]] = ()) -> 
     active = SparkSession.getActiveSession()
     if active is not None and master is None and not conf:
         return active
-    # Executors in local mode run this interpreter (the venv that has ccsvi_cds and the rule engine).
+    # Executors run this interpreter's path (PySpark sends PYSPARK_PYTHON with every task): on a cluster
+    # every node must have the same Python with the dependencies at that path (the same venv on every node).
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     builder = SparkSession.builder.appName("ccsvi-cds audit")
     if master:
@@ -112,6 +117,35 @@ def session(master: str | None = None, conf: Sequence[tuple[str, str]] = ()) -> 
     for k, v in conf:
         builder = builder.config(k, v)
     return builder.getOrCreate()
+
+
+_SHIPPED: dict[str, Path] = {}  # Spark application id -> the package zip its executors were given
+
+
+def package_zip(dest: Path) -> Path:
+    """The ccsvi_cds package this driver runs, as a zip Python imports from (sources and package data such as
+    templates; no bytecode): what spark-submit --py-files would ship."""
+    import ccsvi_cds
+
+    root = Path(ccsvi_cds.__file__).resolve().parent
+    out = dest / "ccsvi_cds.zip"
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
+        for p in sorted(root.rglob("*")):
+            if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc":
+                z.write(p, (Path("ccsvi_cds") / p.relative_to(root)).as_posix())
+    return out
+
+
+def ship_package(sc: Any) -> None:
+    """Give the executors this driver's ccsvi_cds through Spark's own mechanism (SparkContext.addPyFile: each
+    executor fetches the zip and puts it first on its Python workers' sys.path), once per application. The
+    zip lives as long as this process: executors that join later fetch it too."""
+    if sc.applicationId in _SHIPPED:
+        return
+    dest = Path(tempfile.mkdtemp(prefix="ccsvi-cds-pyfiles-"))
+    atexit.register(shutil.rmtree, dest, ignore_errors=True)
+    sc.addPyFile(str(package_zip(dest)))
+    _SHIPPED[sc.applicationId] = dest
 
 
 def run_spark(files: Sequence[InputFile], tasks: Sequence[ReadTask], rules_dir: Path, workdir: Path,
@@ -123,6 +157,7 @@ def run_spark(files: Sequence[InputFile], tasks: Sequence[ReadTask], rules_dir: 
 
     spark = session(master, conf)
     sc = spark.sparkContext
+    ship_package(sc)  # the rule pack goes as a broadcast (below); the inputs are read where they are
     files_t = tuple(files)
     paths = [f.path for f in files]
     rules = str(Path(rules_dir).resolve())
