@@ -30,6 +30,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ccsvi_cds.rulepack.model import ServiceSpec
 
 from . import logs
+from .bounded import read_bounded
 from .discovery import discovery_document, services_of
 from .errors import Problem, ServiceError, error_response, outcome_response
 from .feedback_store import Store
@@ -94,15 +95,7 @@ def guarded(endpoint: Endpoint) -> Callable[[Request], Awaitable[Response]]:
 async def read_body(request: Request, limit: int) -> bytes:
     """The body, refused with 413 as soon as it exceeds `limit` bytes (declared or actual)."""
     too_large = ServiceError(413, Problem(f"request body exceeds {limit} bytes", code="too-costly"))
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise too_large
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise too_large
-    return bytes(body)
+    return await read_bounded(request.stream(), request.headers.get("content-length"), limit, too_large)
 
 
 async def authenticate(request: Request, rt: Runtime) -> None:

@@ -16,6 +16,8 @@ from urllib.parse import urlsplit
 import httpx
 import orjson
 
+from .bounded import read_bounded
+
 MAX_RESPONSE_BYTES = 20_000_000
 FHIR_ACCEPT = "application/fhir+json, application/json;q=0.9"
 
@@ -179,11 +181,8 @@ class FhirReader:
                     return None
                 if resp.status_code != 200:
                     raise DataUnavailable(f"{what}: FHIR server answered HTTP {resp.status_code}")
-                body = bytearray()
-                async for chunk in resp.aiter_bytes():
-                    body += chunk
-                    if len(body) > MAX_RESPONSE_BYTES:
-                        raise DataUnavailable(f"{what}: FHIR server response exceeds {MAX_RESPONSE_BYTES} bytes")
+                body = await read_bounded(resp.aiter_bytes(), None, MAX_RESPONSE_BYTES, DataUnavailable(
+                    f"{what}: FHIR server response exceeds {MAX_RESPONSE_BYTES} bytes"))
         except httpx.TimeoutException:
             raise DataUnavailable(f"{what}: FHIR server did not answer within {self._timeout:g} s") from None
         except httpx.HTTPError as exc:

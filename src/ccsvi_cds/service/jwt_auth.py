@@ -20,6 +20,7 @@ import httpx
 import jwt
 import orjson
 
+from .bounded import read_bounded
 from .errors import Problem, ServiceError
 from .logs import log
 from .replay import ReplayCache
@@ -112,14 +113,8 @@ class JwksCache:
             async with self._client.stream("GET", url, timeout=self._timeout, headers=JWKS_HEADERS) as resp:
                 if resp.status_code != 200:
                     raise unauthorized(f"could not fetch the issuer's JWKS (HTTP {resp.status_code})")
-                declared = resp.headers.get("content-length", "")
-                if declared.isdigit() and int(declared) > MAX_JWKS_BYTES:
-                    raise too_large
-                body = bytearray()
-                async for chunk in resp.aiter_raw():
-                    body += chunk
-                    if len(body) > MAX_JWKS_BYTES:
-                        raise too_large
+                body = await read_bounded(resp.aiter_raw(), resp.headers.get("content-length"), MAX_JWKS_BYTES,
+                                          too_large)
         except httpx.HTTPError as exc:
             raise unauthorized(f"could not fetch the issuer's JWKS ({type(exc).__name__})") from None
         return bytes(body)
