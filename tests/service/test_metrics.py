@@ -3,7 +3,9 @@ checked against the requests sent, and every worker's scrape sums both workers' 
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -127,3 +129,29 @@ def test_reloads_are_counted_and_the_pack_label_follows(service_factory: Any, tm
     samples = wait_for(lambda s: value(s, "ccsvi_rule_pack_reloads_total", outcome="loaded") == 2)
     info = {dict(labels)["version"]: v for (name, labels), v in samples.items() if name == "ccsvi_rule_pack_info"}
     assert info == {"1.0.0": 0, "1.0.1": 2}
+
+
+def test_a_killed_worker_leaves_the_pack_gauge_and_keeps_its_counts(service_factory: Any) -> None:
+    svc = service_factory({"CCSVI_WORKERS": "2"})
+    pids: set[int] = set()
+    for _ in range(400):  # a discovery call answered by each worker
+        pids.add(on_one_connection(svc, lambda c: c.get("/cds-services"))[0])
+        if len(pids) == 2:
+            break
+    assert len(pids) == 2
+    before = scrape(svc.url)
+    discovered = value(before, "ccsvi_requests_total", endpoint="discovery", service="", hook="", status="200")
+    victim = min(pids)
+    os.kill(victim, signal.SIGKILL)  # no shutdown: uvicorn starts a new worker, which sweeps for the dead
+    deadline = time.monotonic() + 60
+    while True:
+        seen = {on_one_connection(svc, lambda c: None)[0] for _ in range(20)}
+        if len(seen - pids) == 1 and victim not in seen:
+            break
+        assert time.monotonic() < deadline, f"no replacement worker: {seen}, killed {victim}"
+        time.sleep(0.2)
+    after = scrape(svc.url)
+    info = [v for (name, _), v in after.items() if name == "ccsvi_rule_pack_info"]
+    assert info == [2], info  # the surviving worker and the replacement, not the dead one
+    assert value(after, "ccsvi_requests_total", endpoint="discovery", service="", hook="",
+                 status="200") == discovered  # the dead worker's requests are still counted
