@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -75,8 +76,10 @@ def lint_stable(root: Path) -> tuple[LintResult, bool]:
 class PackReloader:
     """Watches `rules_dir` and swaps valid packs into `holder`; `last` is the latest outcome."""
 
-    def __init__(self, rules_dir: Path, holder: RuleHolder, *, debounce_ms: int = 300) -> None:
+    def __init__(self, rules_dir: Path, holder: RuleHolder, *, debounce_ms: int = 300,
+                 on_outcome: Callable[[str], None] | None = None) -> None:
         self.rules_dir = Path(rules_dir)
+        self.on_outcome = on_outcome  # told each outcome's status (the service counts them in its metrics)
         self.holder = holder
         self.debounce_ms = debounce_ms
         self.last: ReloadOutcome | None = None
@@ -86,6 +89,8 @@ class PackReloader:
         async with self._lock:  # one reload at a time; a burst of events collapses into sequential checks
             outcome = await self._reload()
         self.last = outcome
+        if self.on_outcome is not None:
+            self.on_outcome(outcome.status)
         return outcome
 
     async def _reload(self) -> ReloadOutcome:
@@ -134,9 +139,10 @@ class PackReloader:
                 log.error("rule pack reload crashed", extra={"error": f"{type(exc).__name__}: {exc}"[:300]})
 
 
-def start_watcher(rules_dir: Path, holder: RuleHolder) -> tuple[PackReloader, asyncio.Task[None], asyncio.Event]:
+def start_watcher(rules_dir: Path, holder: RuleHolder, on_outcome: Callable[[str], None] | None = None
+                  ) -> tuple[PackReloader, asyncio.Task[None], asyncio.Event]:
     """Start watching in the running loop; set the event (then await the task) to stop."""
-    reloader = PackReloader(rules_dir, holder)
+    reloader = PackReloader(rules_dir, holder, on_outcome=on_outcome)
     stop = asyncio.Event()
     task = asyncio.create_task(reloader.watch(stop), name="rule-pack-watcher")
     return reloader, task, stop

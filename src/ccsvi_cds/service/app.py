@@ -29,7 +29,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ccsvi_cds.rulepack.model import ServiceSpec
 
-from . import logs
+from . import logs, metrics
 from .bounded import read_bounded
 from .discovery import discovery_document, services_of
 from .errors import Problem, ServiceError, error_response, outcome_response
@@ -66,13 +66,23 @@ def json_response(data: Any, status: int = 200) -> Response:
 Endpoint = Callable[[Request, Runtime], Awaitable[Response]]
 
 
-def guarded(endpoint: Endpoint) -> Callable[[Request], Awaitable[Response]]:
-    """ServiceError -> its OperationOutcome; anything else -> a 500 OperationOutcome, logged without data."""
+NOT_STARTED = ServiceError(503, Problem(
+    "the CDS service has not been started: a host application that mounts it must run its lifespan "
+    "(see README, Embedding)", code="transient"))
+
+
+def guarded(endpoint: Endpoint, name: str) -> Callable[[Request], Awaitable[Response]]:
+    """ServiceError -> its OperationOutcome; anything else -> a 500 OperationOutcome, logged without data.
+    `name` labels the request in the metrics."""
 
     @functools.wraps(endpoint)
     async def run(request: Request) -> Response:
+        request.scope[metrics.ENDPOINT_KEY] = name
         try:
-            return await endpoint(request, request.app.state.runtime)
+            runtime = getattr(request.app.state, "runtime", None)
+            if runtime is None:
+                raise NOT_STARTED
+            return await endpoint(request, runtime)
         except ServiceError as exc:
             request.scope.setdefault("ccsvi.log", {})["problem"] = exc.problems[0].message[:200]
             return error_response(exc)
@@ -98,9 +108,20 @@ async def read_body(request: Request, limit: int) -> bytes:
     return await read_bounded(request.stream(), request.headers.get("content-length"), limit, too_large)
 
 
+def route_path(scope: Scope) -> str:
+    """The path inside this app: without the prefix a host application mounted it at (scope root_path)."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root) and path[len(root):len(root) + 1] in ("", "/"):
+        return path[len(root):]
+    return path
+
+
 async def authenticate(request: Request, rt: Runtime) -> None:
+    """JWT `aud` must be the URL called: base_url (which includes any mount prefix) + the path in this app."""
     if rt.verifier is not None:
-        await rt.verifier.verify(request.headers.get("authorization"), rt.settings.public_url + request.url.path)
+        await rt.verifier.verify(request.headers.get("authorization"),
+                                 rt.settings.public_url + route_path(request.scope))
 
 
 def _service(request: Request, rt: Runtime) -> ServiceSpec:
@@ -108,6 +129,7 @@ def _service(request: Request, rt: Runtime) -> ServiceSpec:
     if service is None:
         raise ServiceError(404, Problem("no such CDS service here; GET /cds-services lists the services",
                                         code="not-found"))
+    request.scope[metrics.SERVICE_KEY] = (service.id, service.hook)
     return service
 
 
@@ -147,6 +169,11 @@ async def health(request: Request, rt: Runtime) -> Response:
                           "rulePackReload": _reload_status(request),
                           "cardRenderErrors": rt.rules.card_error_status(),
                           "pid": os.getpid()}, 200 if ok else 503)
+
+
+async def metrics_page(request: Request, rt: Runtime) -> Response:
+    """Prometheus text format; like /health, no token (it holds counts and the pack identity, no PHI)."""
+    return Response(metrics.exposition(), media_type=metrics.CONTENT_TYPE)
 
 
 async def patient_info(request: Request, rt: Runtime) -> Response:
@@ -205,7 +232,7 @@ class AccessLog:
 class LoadShedder:
     """503 + Retry-After for a request that arrives while `limit` requests of this worker are in progress
     or queued (uvicorn's task count at arrival, see http_guard, or those in this app): answering late is
-    worse than asking the EHR to retry. /health is never shed."""
+    worse than asking the EHR to retry. /health and /metrics are never shed."""
 
     def __init__(self, app: ASGIApp, limit: int) -> None:
         self.app = app
@@ -213,7 +240,7 @@ class LoadShedder:
         self.in_flight = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] == "/health":
+        if scope["type"] != "http" or route_path(scope) in ("/health", "/metrics"):
             await self.app(scope, receive, send)
             return
         if max(scope.get(BACKLOG_KEY, 0), self.in_flight) >= self.limit:
@@ -249,9 +276,15 @@ def create_app(settings: ServiceSettings | None = None) -> Starlette:
         if settings.reload_rules:  # hot reload (authoring/reload.py): only a linted, valid pack is swapped in
             from ccsvi_cds.authoring.reload import start_watcher
 
-            watcher = start_watcher(settings.rules_dir, rules)
+            def reloaded(status: str) -> None:
+                metrics.reload_outcome(status)
+                metrics.pack_serving(rules.current.identity)
+
+            watcher = start_watcher(settings.rules_dir, rules, on_outcome=reloaded)
         app.state.reloader = watcher[0] if watcher else None
         pack = rules.current.identity
+        metrics.worker_started()
+        metrics.pack_serving(pack)
         log.info("worker ready", extra={"pid": os.getpid(), "pack": pack["name"], "version": pack["version"],
                                         "auth": "jwt" if verifier else "off"})
         try:
@@ -265,18 +298,21 @@ def create_app(settings: ServiceSettings | None = None) -> Starlette:
             store.close()
             if replay is not None:
                 replay.close()
+            metrics.worker_stopped()
             log.info("worker stopped", extra={"pid": os.getpid()})
             logs.flush()
 
     routes = [
-        Route("/cds-services", guarded(discovery), methods=["GET"]),
-        Route("/cds-services/{service_id}", guarded(invoke), methods=["POST"]),
-        Route("/cds-services/{service_id}/feedback", guarded(feedback), methods=["POST"]),
-        Route("/health", guarded(health), methods=["GET"]),
-        Route("/patient-info/{page}", guarded(patient_info), methods=["GET"]),
+        Route("/cds-services", guarded(discovery, "discovery"), methods=["GET"]),
+        Route("/cds-services/{service_id}", guarded(invoke, "hook"), methods=["POST"]),
+        Route("/cds-services/{service_id}/feedback", guarded(feedback, "feedback"), methods=["POST"]),
+        Route("/health", guarded(health, "health"), methods=["GET"]),
+        Route("/metrics", guarded(metrics_page, "metrics"), methods=["GET"]),
+        Route("/patient-info/{page}", guarded(patient_info, "patient-info"), methods=["GET"]),
     ]
     middleware = [
         Middleware(AccessLog),
+        Middleware(metrics.RequestMetrics),
         Middleware(LoadShedder, limit=settings.max_in_flight),
         Middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST", "OPTIONS"],
                    allow_headers=settings.cors_headers, max_age=600),
@@ -285,6 +321,14 @@ def create_app(settings: ServiceSettings | None = None) -> Starlette:
                     exception_handlers={HTTPException: http_error})
     app.router.redirect_slashes = False  # its redirect's Location comes from the Host header: 404 instead
     return app
+
+
+@asynccontextmanager
+async def service_lifespan(app: Starlette) -> AsyncIterator[None]:
+    """Start-up and shutdown of a `create_app` app mounted in a host application, which Starlette does not
+    run for a mounted app: `Starlette(routes=[Mount("/cds", cds)], lifespan=lambda _: service_lifespan(cds))`."""
+    async with app.router.lifespan_context(app):
+        yield
 
 
 def create_app_from_env() -> Starlette:

@@ -7,7 +7,9 @@ environment (`CCSVI_*`), so each worker builds the same settings and its own eva
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import click
@@ -75,6 +77,14 @@ def serve(host: str | None, port: int | None, rules_dir: Path | None, allow_fhir
                f"({settings.workers} worker(s)); {auth}; FHIR servers: {fetch}", err=True)
     from .http_guard import GuardedHttpToolsProtocol
 
-    uvicorn.run("ccsvi_cds.service.app:create_app_from_env", factory=True, host=settings.host, port=settings.port,
-                workers=settings.workers, access_log=False, log_config=None, proxy_headers=False,
-                http=GuardedHttpToolsProtocol, timeout_keep_alive=settings.keepalive_timeout_s, lifespan="on")
+    # /metrics: every worker counts in files here and a scrape sums them (see metrics.py). A fresh private
+    # folder per run (mode 0700): left-overs of another run would be summed in. Workers are spawned, so they
+    # import prometheus_client after this is set.
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir = tempfile.mkdtemp(prefix="ccsvi-cds-metrics-")
+    try:
+        uvicorn.run("ccsvi_cds.service.app:create_app_from_env", factory=True, host=settings.host,
+                    port=settings.port, workers=settings.workers, access_log=False, log_config=None,
+                    proxy_headers=False, http=GuardedHttpToolsProtocol,
+                    timeout_keep_alive=settings.keepalive_timeout_s, lifespan="on")
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)

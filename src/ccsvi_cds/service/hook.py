@@ -7,6 +7,7 @@ from typing import Any
 from ccsvi_cds.facts.records import draft_order_keys, resolve_selections
 from ccsvi_cds.rulepack.model import ServiceSpec
 
+from . import metrics
 from .cards import finalize
 from .errors import Problem, ServiceError
 from .feedback_store import DecisionRecord, Store, digest
@@ -63,6 +64,7 @@ class HookHandler:
             self._rules.card_failed(error.rule_id, error.message)
         findings = result.findings
         cards, records = finalize(findings, self._settings.legacy_delete_resource)
+        metrics.cards_answered((r.rule_id, r.indicator) for r in records)
         refs = sorted(set(order_keys))
         await self._store.record_decision(DecisionRecord(  # committed before the cards are answered
             hook_instance=req.hookInstance, service_id=service.id, hook=req.hook,

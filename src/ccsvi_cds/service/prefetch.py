@@ -21,6 +21,7 @@ import httpx
 from ccsvi_cds.facts.records import Records, unresolved
 from ccsvi_cds.facts.references import Ref
 
+from . import metrics
 from .errors import Problem, ServiceError
 from .fhir_client import DataUnavailable, FhirReader, ServerAllowlist, next_link, under
 from .models import HookRequest, OrderContext
@@ -92,6 +93,7 @@ class PrefetchCompleter:
                     raise ServiceError(400, Problem("the next link of a paginated prefetch Bundle does not "
                                                     "point into fhirServer", ("prefetch", key, "link"),
                                                     code="forbidden"))
+            metrics.fallback_reads(search=to_fetch, next_page=to_follow)
             done.update(await self._run(reader, to_fetch, to_follow))
         request = {"hook": req.hook, "context": raw_context, "prefetch": done}
         records = evaluator.read_request(request)
@@ -140,6 +142,7 @@ class PrefetchCompleter:
                 other = FhirReader(self._client, ref.url, None, s.fhir_timeout_s, s.fhir_max_pages, s.fhir_max_entries)
                 jobs[ref.key] = other.get(ref.url, f"referenced {ref.key.split('/')[0]}")
             # else: a server the operator did not allow; the reference stays dangling (and is reported)
+        metrics.fallback_reads(referenced=len(jobs))
         found = await self._gather(jobs, "reading referenced resources") if jobs else {}
         return {"resourceType": "Bundle", "type": "collection",
                 "entry": [{"resource": r} for r in found.values() if r is not None]}
