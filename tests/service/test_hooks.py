@@ -315,6 +315,13 @@ def test_unrequested_prefetch_keys_are_ignored(svc: Service) -> None:
     assert len(cards_of(svc.post(SIGN, req))) == 1
 
 
+def test_a_study_sent_under_an_unrequested_key_is_used_without_a_fhir_server(svc: Service) -> None:
+    """An EHR with no fhirServer that sends the linked study anyway: evaluated, not a 412."""
+    req = p.order_sign(orders=[p.jugular_angioplasty(study="st-sent")])
+    req["prefetch"]["studies"] = p.bundle([{"resourceType": "ResearchStudy", "id": "st-sent", "status": "active"}])
+    assert rules_of(cards_of(svc.post(SIGN, req))) == ["ccsvi-trial"]
+
+
 def test_hook_instance_is_logged_but_no_patient_data(real_svc: Service) -> None:
     svc = real_svc
     req = p.order_sign()

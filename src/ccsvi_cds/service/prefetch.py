@@ -85,6 +85,10 @@ class PrefetchCompleter:
                 to_follow[key], next_links[key] = value, link
             else:
                 done[key] = value
+        for key, value in sent.items():  # data the EHR sent unasked (e.g. its linked studies) is data too
+            if key not in done and key not in to_fetch and key not in to_follow and isinstance(value, dict) \
+                    and isinstance(value.get("resourceType"), str) and value["resourceType"] != "OperationOutcome":
+                done[key] = value
         reader: FhirReader | None = None
         if to_fetch or to_follow:
             reader = self._reader(req, sorted([*to_fetch, *to_follow]))
