@@ -24,7 +24,7 @@ from click.testing import CliRunner
 from ccsvi_cds.audit import sources
 from ccsvi_cds.audit.cli import audit as audit_cmd
 from ccsvi_cds.audit.run import AuditOptions, run_audit
-from ccsvi_cds.audit.scratch import LOCK_NAME, SPILL_PREFIX
+from ccsvi_cds.audit.scratch import LOCK_NAME, SPILL_PREFIX, lock_held
 
 FINDING = ("ServiceRequest/sr1", "venous-angioplasty-ms")
 
@@ -236,17 +236,6 @@ def _audit_process(rules_dir: Path, inputs: Path, out: Path, workdir: Path) -> s
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
 
-def _lock_held(lock: Path) -> bool:
-    fd = os.open(lock, os.O_RDWR)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
-
-
 def test_sigkill_leaves_no_clinical_data_in_the_output_and_the_next_audit_cleans_up(
         tmp_path: Path, rules_dir: Path) -> None:
     from bench.generate_export import generate
@@ -267,9 +256,9 @@ def test_sigkill_leaves_no_clinical_data_in_the_output_and_the_next_audit_cleans
         left = [p for p in work.iterdir() if p.name.startswith(SPILL_PREFIX)]
         assert len(left) == 1
         deadline = time.monotonic() + 30  # its workers die with it, releasing the spill directory's lock
-        while _lock_held(left[0] / LOCK_NAME) and time.monotonic() < deadline:
+        while lock_held(left[0] / LOCK_NAME) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert not _lock_held(left[0] / LOCK_NAME), "a worker outlived the killed audit"
+        assert not lock_held(left[0] / LOCK_NAME), "a worker outlived the killed audit"
     finally:
         try:
             os.killpg(proc.pid, signal.SIGKILL)  # whatever is left of the test's own process group

@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from ccsvi_cds.facts.directory import directory_entry
+from ccsvi_cds.facts.extract import unresolved
 from ccsvi_cds.facts.fhir import Located
 from ccsvi_cds.facts.issues import IssueKind
-from ccsvi_cds.facts.records import unresolved
 
 from .partition import Row, SideRow
 

@@ -29,7 +29,7 @@ def default_workdir() -> Path:
     return Path(tempfile.gettempdir())
 
 
-def _held(lock: Path) -> bool:
+def lock_held(lock: Path) -> bool:
     """Whether a live process holds ``lock`` (an exclusive flock, tried without waiting)."""
     try:
         fd = os.open(lock, os.O_RDWR)
@@ -56,7 +56,7 @@ def remove_stale(parent: Path, prefix: str, legacy: bool = False) -> list[Path]:
     for path in candidates:
         lock = path / LOCK_NAME
         if lock.exists():
-            if _held(lock):
+            if lock_held(lock):
                 continue
         elif not legacy:
             try:

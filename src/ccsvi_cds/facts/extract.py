@@ -7,7 +7,7 @@ followed here and only here (`followed_references` lists them, so a shell can fe
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +25,7 @@ from ccsvi_cds.facts.fhir import (
 )
 from ccsvi_cds.facts.issues import Issue, IssueKind
 from ccsvi_cds.facts.records import PatientRecords, Records
-from ccsvi_cds.facts.references import Ref
+from ccsvi_cds.facts.references import Ref, RefForm
 from ccsvi_cds.rulepack.model import RecordPolicy, TrialPolicy
 
 RESEARCH_STUDY_EXT = "http://hl7.org/fhir/StructureDefinition/workflow-researchStudy"
@@ -134,6 +134,17 @@ def followed_references(records: Records) -> Iterator[Ref]:
                     yield from (ref for _, ref in _study_refs(records, item) if ref is not None)
             except ShapeError:
                 continue  # reported when the patient is projected
+
+
+def unresolved(records: Records, wanted: Collection[str]) -> list[Ref]:
+    """References to resources of the `wanted` types that the records point to but do not hold (e.g. the
+    ResearchStudy an order is linked to): what a shell with a FHIR server or a side table should supply."""
+    missing: dict[str, Ref] = {}
+    for ref in followed_references(records):
+        if ref.key and ref.key not in records.index and ref.form is not RefForm.CONTAINED \
+                and ref.key.split("/", 1)[0] in wanted:
+            missing.setdefault(ref.key, ref)
+    return [missing[k] for k in sorted(missing)]
 
 
 # ------------------------------------------------------------------------------------------ projection

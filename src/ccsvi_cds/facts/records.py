@@ -23,7 +23,7 @@ from typing import Any
 
 from ccsvi_cds.facts.fhir import Located, Resource, ShapeError, as_obj, as_str
 from ccsvi_cds.facts.issues import Issue, IssueKind
-from ccsvi_cds.facts.references import Ref, RefForm, read_reference
+from ccsvi_cds.facts.references import Ref, read_reference
 
 Item = Resource | Located | tuple[str, Resource]
 
@@ -310,18 +310,3 @@ def document_items(data: Any, origin: str) -> list[Located]:
     if isinstance(data, list):
         return [Located(f"{origin}[{i}]", r) for i, r in enumerate(data)]
     return [Located(origin, data)]
-
-
-def unresolved(records: Records, wanted: Collection[str]) -> list[Ref]:
-    """References to resources of the `wanted` types that the records point to but do not hold (e.g. the
-    ResearchStudy an order is linked to): what a shell with a FHIR server should read."""
-    from ccsvi_cds.facts.extract import (
-        followed_references,  # the projection knows which references it follows
-    )
-
-    missing: dict[str, Ref] = {}
-    for ref in followed_references(records):
-        if ref.key and ref.key not in records.index and ref.form is not RefForm.CONTAINED \
-                and ref.key.split("/", 1)[0] in wanted:
-            missing.setdefault(ref.key, ref)
-    return [missing[k] for k in sorted(missing)]

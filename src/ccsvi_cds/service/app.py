@@ -202,7 +202,8 @@ async def http_error(request: Request, exc: Exception) -> Response:
 
 
 class AccessLog:
-    """One JSON log line per request: method, path, status, duration and ids/counts set by the endpoint."""
+    """One JSON log line per request (method, path, status, duration and ids/counts set by the endpoint) and
+    its metrics: the outermost layer, so shed and unrouted requests are counted too."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -224,8 +225,10 @@ class AccessLog:
             await self.app(scope, receive, send_status)
         finally:
             path = scope["path"] if status != 404 else "(no such route)"  # a client's made-up path may hold anything
+            seconds = time.perf_counter() - start
+            metrics.request_done(scope, status, seconds)
             extra = {"method": scope["method"], "path": path, "status": status,
-                     "ms": round((time.perf_counter() - start) * 1000, 2), **scope.get("ccsvi.log", {})}
+                     "ms": round(seconds * 1000, 2), **scope.get("ccsvi.log", {})}
             log.info("request", extra=extra)
 
 
@@ -312,7 +315,6 @@ def create_app(settings: ServiceSettings | None = None) -> Starlette:
     ]
     middleware = [
         Middleware(AccessLog),
-        Middleware(metrics.RequestMetrics),
         Middleware(LoadShedder, limit=settings.max_in_flight),
         Middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST", "OPTIONS"],
                    allow_headers=settings.cors_headers, max_age=600),

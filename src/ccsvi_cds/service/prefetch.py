@@ -18,7 +18,8 @@ from urllib.parse import quote
 
 import httpx
 
-from ccsvi_cds.facts.records import Records, unresolved
+from ccsvi_cds.facts.extract import unresolved
+from ccsvi_cds.facts.records import Records
 from ccsvi_cds.facts.references import Ref
 
 from . import metrics
