@@ -9,24 +9,33 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 from ccsvi_cds.cards import CardBuilder, CardRenderError
 from ccsvi_cds.engine import Match, RuleEngine
 from ccsvi_cds.facts.classify import compile_classifiers
 from ccsvi_cds.facts.extract import PatientFacts, Projector
-from ccsvi_cds.facts.fhir import Located
+from ccsvi_cds.facts.fhir import Located, Resource, ShapeError
 from ccsvi_cds.facts.issues import Issue, IssueKind
 from ccsvi_cds.facts.records import Item, Records, read_document, read_records, read_request
-from ccsvi_cds.facts.requirements import DataRequirements, data_requirements
+from ccsvi_cds.facts.requirements import DataRequirements, data_requirements, own_fields
 from ccsvi_cds.facts.validate import validation_errors
-from ccsvi_cds.rulepack.compiler import admission_filter, compile_rules, rule_id_of
+from ccsvi_cds.rulepack.compiler import admission_filter, compile_rules, rule_id_of, screen
 from ccsvi_cds.rulepack.loader import RulePack
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8080"
 SEVERITY = {"critical": 0, "warning": 1, "info": 2}
 
-__all__ = ["DEFAULT_BASE_URL", "Evaluation", "Evaluator", "Finding", "Issue", "IssueKind"]
+__all__ = ["DEFAULT_BASE_URL", "Evaluation", "Evaluator", "Finding", "Issue", "IssueKind", "OrderScreen"]
+
+
+class OrderScreen(Enum):
+    """What one ServiceRequest says of itself, before any join (`Evaluator.screen`)."""
+
+    NOT_EVALUATED = "not-evaluated"  # its status does not count (pack.yaml records.order_excluded_status)
+    NO_RULE = "no-rule"  # evaluated, but no rule could match it, whatever the patient's other records say
+    CANDIDATE = "candidate"  # some rule could match it: its patient must be joined and evaluated in full
 
 
 @dataclass(frozen=True)
@@ -75,6 +84,7 @@ class Evaluator:
         self._priority = {r.id: r.priority for r in pack.rules}
         admit = admission_filter(pack.rules)
         self._admit = {kind: tuple(fields.items()) for kind, fields in admit.items()}
+        self._screen = screen(pack.rules, "order", own_fields("order"))
 
     def warm(self) -> None:
         """Load what is otherwise loaded on first use (the clinical-text pipeline): for a service, whose first
@@ -86,6 +96,19 @@ class Evaluator:
         if constraints is None:
             return False  # no rule mentions this kind of fact
         return all(fact.get(name) in allowed for name, allowed in constraints)
+
+    def screen(self, order: Resource) -> OrderScreen:
+        """Judge one ServiceRequest by its own fields against a relaxation of every rule's order pattern: a
+        patient none of whose orders is a CANDIDATE gets no finding, so a batch need not join them at all."""
+        try:
+            if not self._project.order_counts(order, "ServiceRequest"):
+                return OrderScreen.NOT_EVALUATED
+            fields = self._project.own_fields(order, "ServiceRequest")
+        except ShapeError:
+            return OrderScreen.CANDIDATE  # the full evaluation says where it is malformed
+        if any(all(fields[name] in allowed for name, allowed in option) for option in self._screen):
+            return OrderScreen.CANDIDATE
+        return OrderScreen.NO_RULE
 
     # --- reading input (the records core does it; these only pick the entry shape)
 

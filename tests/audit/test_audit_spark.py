@@ -15,7 +15,7 @@ from ccsvi_cds.audit.run import AuditOptions, run_audit
 pytestmark = [pytest.mark.spark, pytest.mark.xdist_group("spark")]
 
 SAME = ("findings.ndjson", "findings.csv", "errors.ndjson")
-SAME_SUMMARY = ("read", "patientsEvaluated", "serviceRequestsEvaluated", "findings", "errors", "inputs", "rulePack")
+SAME_SUMMARY = ("read", "patientsJoined", "serviceRequestsEvaluated", "findings", "errors", "inputs", "rulePack")
 
 
 def both(rules_dir: Path, tmp: Path, inputs: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -22,7 +22,7 @@ from ccsvi_cds.audit.run import AuditOptions, run_audit
 pytestmark = [pytest.mark.spark, pytest.mark.xdist_group("spark"), pytest.mark.timeout(300)]
 
 SAME = ("findings.ndjson", "findings.csv", "errors.ndjson")
-SAME_SUMMARY = ("read", "patientsEvaluated", "serviceRequestsEvaluated", "findings", "errors", "inputs", "rulePack")
+SAME_SUMMARY = ("read", "patientsJoined", "serviceRequestsEvaluated", "findings", "errors", "inputs", "rulePack")
 
 
 def test_standalone_cluster_gives_the_embedded_findings(tmp_path: Path, rules_dir: Path) -> None:

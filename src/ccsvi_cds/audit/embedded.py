@@ -1,8 +1,10 @@
 """The default engine: a process pool on this machine, memory bounded by spilling to disk by patient key.
 
-Phase 1 (read): each task parses a slice of the input and appends patient-keyed rows to hash shards on disk
-(one file per shard per worker), returns side-table rows and read counts. Phase 2 (evaluate): each task
-reads one shard back, groups it by patient and evaluates. The rule engine is not thread-safe and not
+Phase 1 (read): each task parses a slice of the input, appends patient-keyed rows to hash shards on disk
+(one file per shard per worker), screens every ServiceRequest against the rules (`Evaluator.screen`) and
+returns side-table rows, read counts and the patients with an order some rule could match. Phase 2
+(evaluate): each task reads one shard back and joins and evaluates only those patients: in a referral
+export almost every patient has routine orders, and none of them can fire a rule. The rule engine is not thread-safe and not
 picklable, so each worker process builds its own Evaluator on first use; the parent never builds one.
 """
 
@@ -24,6 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from ccsvi_cds.evaluate import OrderScreen
+from ccsvi_cds.facts.fhir import Resource
 from ccsvi_cds.facts.requirements import data_requirements
 from ccsvi_cds.rulepack import load_pack
 
@@ -31,6 +35,7 @@ from .evaluator import build_evaluator
 from .join import SideTables, build_side_tables, error_line, evaluate_patient_or_report
 from .partition import (
     Routing,
+    Row,
     SideRow,
     SpillWriter,
     choose_shards,
@@ -40,7 +45,7 @@ from .partition import (
     shard_files,
 )
 from .parts import EngineResult, write_part
-from .sources import BadRecord, InputFile, ReadTask, line_offsets, read_task
+from .sources import BadRecord, InputFile, ReadTask, Record, line_offsets, read_task
 
 if TYPE_CHECKING:
     from ccsvi_cds.evaluate import Evaluator
@@ -65,6 +70,7 @@ _CFG: _Config | None = None
 _EVALUATOR: Evaluator | None = None
 _SIDE: SideTables | None = None
 _OFFSETS: dict[int, int] | None = None
+_WANTED: frozenset[bytes] | None = None  # patient keys to join (phase 2), from every read task's screening
 _PARENT_PACK: RulePack | None = None  # the RulePack the parent loaded; workers inherit it through fork
 
 
@@ -87,9 +93,9 @@ def _die_with_parent(parent: int) -> None:
 
 
 def _init(cfg: _Config) -> None:
-    global _CFG, _EVALUATOR, _SIDE, _OFFSETS
+    global _CFG, _EVALUATOR, _SIDE, _OFFSETS, _WANTED
     _die_with_parent(cfg.parent_pid)
-    _CFG, _EVALUATOR, _SIDE, _OFFSETS = cfg, None, None, None
+    _CFG, _EVALUATOR, _SIDE, _OFFSETS, _WANTED = cfg, None, None, None, None
 
 
 def worker_evaluator(cfg: _Config) -> Evaluator:
@@ -110,28 +116,36 @@ class SpillResult:
     counts: Counter[str]
     side: list[SideRow]
     bad: Path | None  # records reported and skipped, line numbers relative to the task
+    orders: int  # ServiceRequests evaluated (screened)
+    wanted: set[str]  # patients with an order some rule could match: the only ones joined
 
 
 @dataclass
 class Routed:
     """What reading one task gave, besides the rows: read counts per type, side-table rows, bad records,
-    lines read (to number the lines of later tasks) and non-blank lines (to check a manifest's count)."""
+    lines read (to number the lines of later tasks), non-blank lines (to check a manifest's count), the
+    ServiceRequests evaluated (screened), and the patients with an order some rule could match."""
 
     counts: Counter[str]
     side: list[SideRow]
     bad: list[BadRecord]
     lines: int
     records: int
+    orders: int
+    wanted: set[str]
 
 
 def read_and_route(files: Sequence[InputFile], task: ReadTask, routing: Routing,
-                   on_row: Callable[[Any], None]) -> Routed:
-    """Read one task, classify every record; rows go to ``on_row``. Shared by both engines."""
+                   on_row: Callable[[Row], None], screen: Callable[[Resource], OrderScreen] | None) -> Routed:
+    """Read one task, classify every record; rows go to ``on_row``; with ``screen``, each ServiceRequest is
+    screened (the rule-derived pushdown: only the patients in ``wanted`` are joined). Shared by both engines."""
     counts: Counter[str] = Counter()
     side: list[SideRow] = []
     bad: list[BadRecord] = []
     counted: dict[str, int] = {}
     meta: dict[str, int] = {}
+    wanted: set[str] = set()
+    orders = 0
     for rec in read_task(files, task, routing.needed, counted, meta):
         rtype, item = classify(rec, routing)
         if rtype is not None:
@@ -143,15 +157,20 @@ def read_and_route(files: Sequence[InputFile], task: ReadTask, routing: Routing,
         elif isinstance(item, SideRow):
             side.append(item)
         else:
+            if screen is not None and rtype == "ServiceRequest" and isinstance(rec, Record):
+                verdict = screen(rec.resource)
+                orders += verdict is not OrderScreen.NOT_EVALUATED
+                if verdict is OrderScreen.CANDIDATE:
+                    wanted.add(item.key)
             on_row(item)
     counts.update(counted)
-    return Routed(counts, side, bad, meta.get("lines", 0), meta.get("records", 0))
+    return Routed(counts, side, bad, meta.get("lines", 0), meta.get("records", 0), orders, wanted)
 
 
 def _spill(task_index: int, task: ReadTask) -> SpillResult:
     assert _CFG is not None
     writer = SpillWriter(_CFG.spill_dir, _CFG.n_shards, task_index)
-    routed = read_and_route(_CFG.files, task, _CFG.routing, writer.add)
+    routed = read_and_route(_CFG.files, task, _CFG.routing, writer.add, worker_evaluator(_CFG).screen)
     counts, side, bad, lines = routed.counts, routed.side, routed.bad, routed.lines
     writer.flush()
     f = _CFG.files[task.file_index]
@@ -160,7 +179,8 @@ def _spill(task_index: int, task: ReadTask) -> SpillResult:
     if bad:  # numbered once every task's line count is known (run_embedded)
         path = _CFG.parts_dir / f"read-{task_index:06d}.bad"
         path.write_bytes(b"".join(orjson.dumps([b.file_index, b.line, b.entry, b.reason]) + b"\n" for b in bad))
-    return SpillResult(task_index, task, size, lines, routed.records, counts, side, path)
+    return SpillResult(task_index, task, size, lines, routed.records, counts, side, path, routed.orders,
+                       routed.wanted)
 
 
 def _number_bad_records(bad: Path, offset: int, paths: Sequence[str], out: Path) -> Path | None:
@@ -177,35 +197,34 @@ def _number_bad_records(bad: Path, offset: int, paths: Sequence[str], out: Path)
 @dataclass
 class ShardResult:
     shard: int
-    patients: int
-    evaluated: int
+    evaluated_correction: int  # see PatientResult
     findings: Path | None
     errors: Path | None
 
 
 def _evaluate_shard(shard: int) -> ShardResult:
-    global _SIDE, _OFFSETS
+    global _SIDE, _OFFSETS, _WANTED
     assert _CFG is not None
     if _SIDE is None:
         _SIDE = SideTables.from_json((_CFG.spill_dir / "side.json").read_bytes())
     if _OFFSETS is None:
         _OFFSETS = {int(k): v for k, v in orjson.loads((_CFG.spill_dir / "lines.json").read_bytes()).items()}
+    if _WANTED is None:
+        _WANTED = frozenset((_CFG.spill_dir / "wanted.txt").read_bytes().split())
     ev = worker_evaluator(_CFG)
     paths = [f.path for f in _CFG.files]
     data = b"".join(p.read_bytes() for p in shard_files(_CFG.spill_dir, shard))
     findings: list[tuple[str, bytes]] = []
     errors: list[tuple[str, bytes]] = []
-    patients = evaluated = 0
-    for key, rows in group_shard(data, _OFFSETS):
+    correction = 0
+    for key, rows in group_shard(data, _WANTED, _OFFSETS):
         res = evaluate_patient_or_report(key, rows, _SIDE, ev, paths)
         findings += res.findings
         errors += res.errors
-        if res.evaluated:
-            patients += 1
-            evaluated += res.evaluated
+        correction += res.evaluated_correction
     del data
     return ShardResult(
-        shard, patients, evaluated,
+        shard, correction,
         write_part(_CFG.parts_dir / f"shard-{shard:05d}.findings", findings),
         write_part(_CFG.parts_dir / f"shard-{shard:05d}.errors", errors),
     )
@@ -253,6 +272,7 @@ def run_embedded(files: Sequence[InputFile], tasks: Iterable[ReadTask], rules_di
     side_rows: list[tuple[int, SideRow]] = []
     read: list[tuple[int, ReadTask, int]] = []
     bad_files: list[tuple[int, Path]] = []
+    wanted: set[str] = set()
     tick = progress or (lambda phase, adv, total, resources: None)
     total_bytes = sum(f.size for f in files)
     paths = [f.path for f in files]
@@ -264,11 +284,12 @@ def run_embedded(files: Sequence[InputFile], tasks: Iterable[ReadTask], rules_di
         result.records_by_file[r.task.file_index] = result.records_by_file.get(r.task.file_index, 0) + r.records
         if r.bad:
             bad_files.append((r.task_index, r.bad))
+        result.evaluated += r.orders
+        wanted.update(r.wanted)
         tick("read", r.bytes_read, total_bytes, sum(r.counts.values()))
 
     def evaluated(r: ShardResult) -> None:
-        result.patients += r.patients
-        result.evaluated += r.evaluated
+        result.evaluated += r.evaluated_correction
         if r.findings:
             result.finding_parts.append(r.findings)
         if r.errors:
@@ -289,6 +310,8 @@ def run_embedded(files: Sequence[InputFile], tasks: Iterable[ReadTask], rules_di
             if s.line:
                 s.line += offsets[task_index]
         (spill_dir / "side.json").write_bytes(build_side_tables(s for _, s in side_rows).to_json())
+        (spill_dir / "wanted.txt").write_bytes("\n".join(sorted(wanted)).encode())
+        result.patients = len(wanted)
         del side_rows[:]
         for task_index, bad in bad_files:
             part = _number_bad_records(bad, offsets[task_index], paths, parts_dir / f"read-{task_index:06d}.errors")

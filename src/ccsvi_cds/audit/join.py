@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from ccsvi_cds.evaluate import OrderScreen
 from ccsvi_cds.facts.directory import directory_entry
 from ccsvi_cds.facts.extract import unresolved
 from ccsvi_cds.facts.fhir import Located
@@ -94,7 +95,10 @@ def error_line(file_path: str, file_index: int, line: int | None, entry: int | N
 class PatientResult:
     findings: list[tuple[str, bytes]] = field(default_factory=list)
     errors: list[tuple[str, bytes]] = field(default_factory=list)
-    evaluated: int = 0  # ServiceRequests evaluated (all statuses except entered-in-error)
+    # ServiceRequests evaluated here, minus those the read pass counted for this patient (one per record it
+    # screened): what turns the read pass's count into the join's exact one (a superseded duplicate is not
+    # evaluated twice) for the patients joined.
+    evaluated_correction: int = 0
 
 
 def _requester(ref: str | None, display: str | None, side: SideTables) -> dict[str, Any]:
@@ -149,7 +153,9 @@ def evaluate_patient(
                    unresolved(records, evaluator.requirements.by_reference)
                    if ref.key is not None and ref.key in side.referenced)
     result = evaluator.evaluate_records(records)
-    out.evaluated = result.orders_evaluated
+    screened = sum(1 for item in items if item.resource.get("resourceType") == "ServiceRequest"
+                   and evaluator.screen(item.resource) is not OrderScreen.NOT_EVALUATED)
+    out.evaluated_correction = result.orders_evaluated - screened
     first = min(rows, key=Row.position)
     for issue in result.issues:
         row = issue.source if isinstance(issue.source, Row) else first

@@ -11,7 +11,7 @@ import os
 import re
 import zlib
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -167,30 +167,25 @@ def shard_files(directory: Path, shard: int) -> list[Path]:
     return sorted(directory.glob(f"{shard:05d}.*"))
 
 
-_SR = b"ServiceRequest"
-
-
-def group_shard(data: bytes, offsets: Mapping[int, int] | None = None) -> Iterator[tuple[str, list[Row]]]:
-    """Group a shard's spilled lines by patient, in key order; groups without a ServiceRequest are skipped
-    before any Row is built (the join would drop them anyway), which is most patients of an export.
+def group_shard(data: bytes, wanted: Collection[bytes],
+                offsets: Mapping[int, int] | None = None) -> Iterator[tuple[str, list[Row]]]:
+    """Group a shard's spilled lines by patient, in key order, for the ``wanted`` patients only (those with
+    an order some rule could match: the rest can get no finding, so they are neither parsed nor joined).
     ``offsets``: per read task, what turns its relative line numbers into the file's."""
     groups: dict[bytes, list[list[bytes]]] = {}
     for line in data.split(b"\n"):
-        if line:
-            parts = line.split(b"\t", 6)
-            groups.setdefault(parts[0], []).append(parts)
+        key, _, rest = line.partition(b"\t")
+        if key in wanted:
+            groups.setdefault(key, []).append(rest.split(b"\t", 5))
     shift: Mapping[int, int] = offsets or {}
     for key in sorted(groups):
-        items = groups[key]
-        if not any(p[1] == _SR for p in items):
-            continue
         skey = key.decode()
         rows = []
-        for p in items:
-            line_no = int(p[4])
+        for p in groups[key]:
+            line_no = int(p[3])
             if line_no:
-                line_no += shift.get(int(p[3]), 0)
-            rows.append(Row(skey, p[1].decode(), int(p[2]), line_no, int(p[5]), p[6]))
+                line_no += shift.get(int(p[2]), 0)
+            rows.append(Row(skey, p[0].decode(), int(p[1]), line_no, int(p[4]), p[5]))
         yield skey, rows  # evaluate_patient orders them
 
 

@@ -56,8 +56,8 @@ class EngineResult:
     """What an engine hands back: read counts, join figures, and sorted parts for findings and errors."""
 
     read_counts: dict[str, int] = field(default_factory=dict)
-    patients: int = 0  # patients with at least one ServiceRequest evaluated
-    evaluated: int = 0  # ServiceRequests evaluated
+    patients: int = 0  # patients joined: with an order some rule could match (Evaluator.screen)
+    evaluated: int = 0  # ServiceRequests evaluated (screened; those of joined patients also in full)
     finding_parts: list[Path] = field(default_factory=list)
     error_parts: list[Path] = field(default_factory=list)
     records_by_file: dict[int, int] = field(default_factory=dict)  # NDJSON lines with a record, per file

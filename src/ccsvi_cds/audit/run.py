@@ -140,7 +140,7 @@ def _write_outputs(opts: AuditOptions, stage: Path, result: EngineResult, pack: 
         "complete": not errors.incomplete,
         "incomplete": errors.incomplete,  # files not read to their end: records are missing
         "read": {"total": sum(result.read_counts.values()), "byType": result.read_counts},
-        "patientsEvaluated": result.patients,  # patients with at least one order evaluated
+        "patientsJoined": result.patients,  # patients with an order some rule could match: joined and evaluated in full
         "serviceRequestsEvaluated": result.evaluated,
         "findings": {
             "total": stats.total,

@@ -1,8 +1,11 @@
 """The Spark engine: the same reading, join and evaluation as the embedded engine, distributed by PySpark.
 
-Imported only for ``--engine spark`` (PySpark is an optional extra). The read tasks become an RDD; rows are
-grouped by patient key with groupByKey; each executor's Python worker builds its own Evaluator on first use
-(the engine handle cannot be pickled or shared). Findings and errors come back through sortByKey +
+Imported only for ``--engine spark`` (PySpark is an optional extra). The read tasks become an RDD, read
+twice: pass 1 screens every order (`Evaluator.screen`) and collects side tables, counts, read errors and the
+patients with an order some rule could match; pass 2 keeps only those patients' rows and groups them by
+patient key with groupByKey (re-reading is cheaper than shipping every row through the JVM, as almost no
+patient needs a join). Each executor's Python worker builds its own Evaluator on first use (the engine
+handle cannot be pickled or shared). Findings and errors come back through sortByKey +
 toLocalIterator with the engine-independent sort keys, so the driver writes exactly the lines the embedded
 engine writes. Executors must see the input paths (local mode, or a shared filesystem on a cluster).
 """
@@ -47,29 +50,44 @@ def _evaluator(pack_b: Any, rules_dir: str, digest: str | None, base_url: str | 
     return ev
 
 
-def _read(files: Sequence[InputFile], routing: Routing, item: tuple[int, ReadTask]) -> Iterator[tuple[Any, ...]]:
-    """Tagged records of one read task: R row, S side row, E error line, C per-type counts."""
+def _screen(files: Sequence[InputFile], routing: Routing, pack_b: Any, rules_dir: str, digest: str | None,
+            base_url: str | None, validate: bool, item: tuple[int, ReadTask]) -> Iterator[tuple[Any, ...]]:
+    """Pass 1 over one read task: S side row, E error line, W a patient to join (an order some rule could
+    match), C per-type counts. No patient rows: most patients need no join, so their rows never leave here."""
     from .embedded import read_and_route
 
-    rows: list[Row] = []
-    routed = read_and_route(files, item[1], routing, rows.append)  # Spark's tasks know their first line
+    screen = _evaluator(pack_b, rules_dir, digest, base_url, validate).screen
+    routed = read_and_route(files, item[1], routing, lambda row: None, screen)  # Spark's tasks know their lines
     errors = [error_line(files[b.file_index].path, b.file_index, b.line, b.entry, b.reason) for b in routed.bad]
-    for r in rows:
-        yield ("R", r.key, (r.rtype, r.file_index, r.line, r.entry, r.raw))
     for s in routed.side:
         yield ("S", s)
     for k, v in errors:
         yield ("E", k, v)
-    yield ("C", dict(routed.counts), len(errors), item[1].file_index, routed.records)
+    for key in routed.wanted:
+        yield ("W", key)
+    yield ("C", dict(routed.counts), len(errors), item[1].file_index, routed.records, routed.orders)
+
+
+def _rows(files: Sequence[InputFile], routing: Routing, wanted_b: Any,
+          item: tuple[int, ReadTask]) -> Iterator[tuple[str, tuple[Any, ...]]]:
+    """Pass 2 over one read task: the rows of the patients to join, keyed for the group by patient."""
+    from .embedded import read_and_route
+
+    wanted: frozenset[str] = wanted_b.value
+    rows: list[Row] = []
+    read_and_route(files, item[1], routing, lambda row: rows.append(row) if row.key in wanted else None, None)
+    for r in rows:
+        yield r.key, (r.rtype, r.file_index, r.line, r.entry, r.raw)
 
 
 def _evaluate(groups: Iterable[tuple[str, Iterable[tuple[Any, ...]]]], side_b: Any, pack_b: Any, rules_dir: str,
               digest: str | None, base_url: str | None, validate: bool,
               paths: Sequence[str]) -> Iterator[tuple[Any, ...]]:
-    """Evaluate each patient group of a partition: F finding, E error, N (patients, evaluated) lines."""
+    """Evaluate each patient group of a partition: F finding, E error, N (findings, errors, evaluated
+    correction) counts."""
     side: SideTables = side_b.value
     ev = _evaluator(pack_b, rules_dir, digest, base_url, validate)
-    patients = evaluated = n_findings = n_errors = 0
+    n_findings = n_errors = correction = 0
     for key, values in groups:
         rows = [Row(key, t, fi, ln, en, raw) for t, fi, ln, en, raw in values]
         res = evaluate_patient_or_report(key, rows, side, ev, paths)
@@ -79,10 +97,8 @@ def _evaluate(groups: Iterable[tuple[str, Iterable[tuple[Any, ...]]]], side_b: A
             yield ("E", k, v)
         n_findings += len(res.findings)
         n_errors += len(res.errors)
-        if res.evaluated:
-            patients += 1
-            evaluated += res.evaluated
-    yield ("N", patients, evaluated, n_findings, n_errors)
+        correction += res.evaluated_correction
+    yield ("N", n_findings, n_errors, correction)
 
 
 COLLECT_MAX = 200_000  # lines: below this a sorted collect is cheaper than a distributed sort
@@ -166,51 +182,59 @@ def run_spark(files: Sequence[InputFile], tasks: Sequence[ReadTask], rules_dir: 
     n_groups = max(sc.defaultParallelism, choose_shards(estimated_bytes([(f.size, f.gzip) for f in files])))
 
     routing = Routing.of(data_requirements(pack if pack is not None else load_pack(rules_dir)))
-    items = sc.parallelize(list(enumerate(tasks)), max(1, len(tasks))).flatMap(lambda t: _read(files_t, routing, t))
+    pack_b = sc.broadcast(pack) if pack is not None else None
+    tasks_rdd = sc.parallelize(list(enumerate(tasks)), max(1, len(tasks)))
+    # Pass 1: screen every order; collect the small things (side tables, counts, read errors, who to join).
+    items = tasks_rdd.flatMap(lambda t: _screen(files_t, routing, pack_b, rules, digest, base_url, validate, t))
     items.persist(StorageLevel.MEMORY_AND_DISK)
     try:
-        # Pass 1: the small things every patient may need (side tables), read counts and read errors.
         counts: Counter[str] = Counter()
         side_rows = []
+        wanted: set[str] = set()
         n_read_errors = 0
         # collect (not toLocalIterator): computes and caches every partition in parallel; this part is small.
         records: Counter[int] = Counter()
-        for tag, *rest in items.filter(lambda x: x[0] in ("S", "C")).collect():
+        result = EngineResult()
+        for tag, *rest in items.filter(lambda x: x[0] in ("S", "C", "W")).collect():
             if tag == "S":
                 side_rows.append(rest[0])
+            elif tag == "W":
+                wanted.add(rest[0])
             else:
                 counts.update(rest[0])
                 n_read_errors += rest[1]
                 records[rest[2]] += rest[3]
+                result.evaluated += rest[4]
         side_b = sc.broadcast(build_side_tables(side_rows))
-        pack_b = sc.broadcast(pack) if pack is not None else None
+        wanted_b = sc.broadcast(frozenset(wanted))
         del side_rows
-        result = EngineResult(read_counts=dict(sorted(counts.items())), records_by_file=dict(records))
+        result.read_counts, result.records_by_file, result.patients = dict(sorted(counts.items())), dict(records), \
+            len(wanted)
         read_errors = _write_sorted(items.filter(lambda x: x[0] == "E").map(lambda x: (x[1], x[2])),
                                     parts / "read.errors", n_read_errors)
-        # Pass 2: group by patient, evaluate where the data is.
-        out = (items.filter(lambda x: x[0] == "R").map(lambda x: (x[1], x[2]))
-               .groupByKey(n_groups)
-               .mapPartitions(lambda g: _evaluate(g, side_b, pack_b, rules, digest, base_url, validate, paths)))
-        out.persist(StorageLevel.MEMORY_AND_DISK)
-        try:
-            n_findings = n_errors = 0
-            for _, p, e, nf, ne in out.filter(lambda x: x[0] == "N").collect():
-                result.patients += p
-                result.evaluated += e
-                n_findings += nf
-                n_errors += ne
-            findings = _write_sorted(out.filter(lambda x: x[0] == "F").map(lambda x: (x[1], x[2])),
-                                     parts / "spark.findings", n_findings)
-            errors = _write_sorted(out.filter(lambda x: x[0] == "E").map(lambda x: (x[1], x[2])),
-                                   parts / "eval.errors", n_errors)
-        finally:
-            out.unpersist()
-        result.finding_parts = [p for p in (findings,) if p]
-        result.error_parts = [p for p in (read_errors, errors) if p]
-        side_b.unpersist()
-        if pack_b is not None:
-            pack_b.unpersist()
-        return result
     finally:
         items.unpersist()
+    # Pass 2: read again, keep only the wanted patients' rows, group them by patient, evaluate where they are.
+    n_groups = max(1, min(n_groups, len(wanted)))
+    out = (tasks_rdd.flatMap(lambda t: _rows(files_t, routing, wanted_b, t))
+           .groupByKey(n_groups)
+           .mapPartitions(lambda g: _evaluate(g, side_b, pack_b, rules, digest, base_url, validate, paths)))
+    out.persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        n_findings = n_errors = 0
+        for _, nf, ne, correction in out.filter(lambda x: x[0] == "N").collect():
+            n_findings += nf
+            n_errors += ne
+            result.evaluated += correction
+        findings = _write_sorted(out.filter(lambda x: x[0] == "F").map(lambda x: (x[1], x[2])),
+                                 parts / "spark.findings", n_findings)
+        errors = _write_sorted(out.filter(lambda x: x[0] == "E").map(lambda x: (x[1], x[2])),
+                               parts / "eval.errors", n_errors)
+    finally:
+        out.unpersist()
+    result.finding_parts = [p for p in (findings,) if p]
+    result.error_parts = [p for p in (read_errors, errors) if p]
+    for b in (side_b, wanted_b, pack_b):
+        if b is not None:
+            b.unpersist()
+    return result

@@ -206,10 +206,9 @@ class Projector:
 
     # --- procedures and orders
 
-    def venous_fields(self, records: Records, item: Located, issues: list[Issue]) -> tuple[dict[str, Any], Coded]:
-        """(what is done, where, why as classified values; the reason as read) for a ServiceRequest or a
-        Procedure."""
-        res, path = item.resource, item.path
+    @staticmethod
+    def _what_where(res: Resource, path: str) -> tuple[Coded, Coded]:
+        """(what is done: the code; where: bodySite and the code) of a ServiceRequest or a Procedure."""
         what = Coded()
         code = res.get("code")
         if isinstance(code, dict) and "concept" in code:  # R5 ServiceRequest.code: CodeableReference
@@ -219,6 +218,30 @@ class Projector:
         where = Coded()
         where.add_concepts(res.get("bodySite"), f"{path}.bodySite")
         where.extend(what)
+        return what, where
+
+    def order_counts(self, res: Resource, path: str) -> bool:
+        """Whether a ServiceRequest is evaluated at all (its status is not excluded by the pack)."""
+        return _status(res, path) not in self.policy.order_excluded_status
+
+    def own_fields(self, res: Resource, path: str) -> dict[str, Any]:
+        """The fields a ServiceRequest or Procedure fact takes from its own resource alone (requirements.own_fields):
+        the same values its full projection gets, so a record can be screened before any join."""
+        return self._own(res, path, *self._what_where(res, path))
+
+    def _own(self, res: Resource, path: str, what: Coded, where: Coded) -> dict[str, Any]:
+        return {
+            "status": _status(res, path),
+            "procedure": self.classify("procedure", what),
+            "site": self.classify("site", where),
+            "vessel": self.classify("vessel", where),
+        }
+
+    def venous_fields(self, records: Records, item: Located, issues: list[Issue]) -> tuple[dict[str, Any], Coded]:
+        """(what is done, where, why as classified values; the reason as read) for a ServiceRequest or a
+        Procedure."""
+        res, path = item.resource, item.path
+        what, where = self._what_where(res, path)
         why, _ = self.reasons(records, item, issues)
         instruction = res.get("patientInstruction")
         why.add_text(instruction if isinstance(instruction, str) else None, f"{path}.patientInstruction")
@@ -226,9 +249,7 @@ class Projector:
         reason.extend(why)
         why.texts.extend(what.texts)
         fields = {
-            "procedure": self.classify("procedure", what),
-            "site": self.classify("site", where),
-            "vessel": self.classify("vessel", where),
+            **self._own(res, path, what, where),
             "reason": self.classify("reason", why),
             "text": "; ".join(dict.fromkeys(what.texts + [d for _, d in what.codings if d]))[:200] or None,
         }
@@ -306,7 +327,7 @@ class Projector:
                     procedures.append({"kind": "procedure", "ref": _key(item), "patient": group.patient,
                                        "status": status, "performed": performed, **fields})
                 elif rtype == "ServiceRequest":
-                    if _status(res, path) in self.policy.order_excluded_status:
+                    if not self.order_counts(res, path):
                         continue
                     if records.targets is None or _key(item) in records.targets:
                         pending.append(item)

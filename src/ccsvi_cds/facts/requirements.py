@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ccsvi_cds.facts.records import PATIENT_KEYED_TYPES
+from ccsvi_cds.facts.schema import MATCHABLE
 from ccsvi_cds.rulepack.loader import RulePack
 from ccsvi_cds.rulepack.model import FactPattern
 
@@ -26,6 +27,12 @@ SOURCES: dict[tuple[str, str], tuple[str, ...]] = {
     ("procedure", "reason"): ("Condition",),
 }
 FOLLOWED_BY_REFERENCE = frozenset({"ResearchStudy"})
+
+
+def own_fields(kind: str) -> frozenset[str]:
+    """The matchable fields of a fact computed from its own resource alone (no other resource read): what a
+    reader can judge one record by before any join (e.g. an order's procedure, site and status)."""
+    return frozenset(f for f in MATCHABLE[kind] if (kind, f) not in SOURCES)
 
 
 @dataclass(frozen=True)

@@ -75,3 +75,36 @@ def admission_filter(rules: tuple[Rule, ...] | list[Rule]) -> dict[str, dict[str
         shared = set.intersection(*(set(p.where) for p in patterns))
         out[kind] = {f: frozenset(v for p in patterns for v in p.where[f]) for f in sorted(shared)}
     return out
+
+
+Constraint = tuple[tuple[str, frozenset[str]], ...]  # every (field, allowed values) must hold
+
+
+def screen(rules: tuple[Rule, ...] | list[Rule], kind: str, fields: frozenset[str]) -> tuple[Constraint, ...]:
+    """The alternatives under which a fact of `kind` could match some rule, judged on `fields` alone.
+
+    Each pattern of that kind contributes its `where` and each of its `any` alternatives, restricted to
+    `fields`: a relaxation of the rules, so a fact that meets none of them matches no rule whatever the
+    other fields hold. The audit uses it to join only the patients with an order some rule could match.
+    """
+    out: set[Constraint] = set()
+    for rule in rules:
+        for alternative in rule.when:
+            for pattern in alternative.values():
+                if pattern.fact != kind:
+                    continue
+                base = {f: frozenset(v) for f, v in pattern.where.items() if f in fields}
+                for option in pattern.any or [{}]:
+                    both = dict(base)
+                    for f, values in option.items():
+                        if f in fields:
+                            both[f] = both[f] & frozenset(values) if f in both else frozenset(values)
+                    out.add(tuple(sorted(both.items())))
+    kept = [c for c in out if not any(other != c and _implies(c, other) for other in out)]
+    return tuple(sorted(kept, key=lambda c: [(f, sorted(v)) for f, v in c]))
+
+
+def _implies(narrow: Constraint, wide: Constraint) -> bool:
+    """Whatever meets `narrow` meets `wide` (so `narrow` adds nothing to a disjunction holding `wide`)."""
+    held = dict(narrow)
+    return all(f in held and held[f] <= allowed for f, allowed in wide)
