@@ -26,6 +26,7 @@ from ccsvi_cds.rulepack.loader import RulePack
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8080"
 SEVERITY = {"critical": 0, "warning": 1, "info": 2}
+SCREEN_CACHE_SIZE = 50_000
 
 __all__ = ["DEFAULT_BASE_URL", "Evaluation", "Evaluator", "Finding", "Issue", "IssueKind", "OrderScreen"]
 
@@ -85,6 +86,7 @@ class Evaluator:
         admit = admission_filter(pack.rules)
         self._admit = {kind: tuple(fields.items()) for kind, fields in admit.items()}
         self._screen = screen(pack.rules, "order", own_fields("order"))
+        self._verdicts: dict[bytes, OrderScreen] = {}
 
     def warm(self) -> None:
         """Load what is otherwise loaded on first use (the clinical-text pipeline): for a service, whose first
@@ -99,7 +101,17 @@ class Evaluator:
 
     def screen(self, order: Resource) -> OrderScreen:
         """Judge one ServiceRequest by its own fields against a relaxation of every rule's order pattern: a
-        patient none of whose orders is a CANDIDATE gets no finding, so a batch need not join them at all."""
+        patient none of whose orders is a CANDIDATE gets no finding, so a batch need not join them at all.
+        Memoised on what the verdict depends on (`Projector.own_key`)."""
+        key = self._project.own_key(order)
+        verdict = self._verdicts.get(key)
+        if verdict is None:
+            if len(self._verdicts) >= SCREEN_CACHE_SIZE:
+                self._verdicts.clear()
+            verdict = self._verdicts[key] = self._screen_order(order)
+        return verdict
+
+    def _screen_order(self, order: Resource) -> OrderScreen:
         try:
             if not self._project.order_counts(order, "ServiceRequest"):
                 return OrderScreen.NOT_EVALUATED

@@ -139,32 +139,31 @@ def read_and_route(files: Sequence[InputFile], task: ReadTask, routing: Routing,
                    on_row: Callable[[Row], None], screen: Callable[[Resource], OrderScreen] | None) -> Routed:
     """Read one task, classify every record; rows go to ``on_row``; with ``screen``, each ServiceRequest is
     screened (the rule-derived pushdown: only the patients in ``wanted`` are joined). Shared by both engines."""
-    counts: Counter[str] = Counter()
+    counts: dict[str, int] = {}
     side: list[SideRow] = []
     bad: list[BadRecord] = []
     counted: dict[str, int] = {}
     meta: dict[str, int] = {}
     wanted: set[str] = set()
     orders = 0
-    for rec in read_task(files, task, routing.needed, counted, meta):
+    for rec in read_task(files, task, routing.needed, counted, meta):  # the audit's hot loop
         rtype, item = classify(rec, routing)
         if rtype is not None:
-            counts[rtype] += 1
-        if item is None:
-            continue
-        if isinstance(item, BadRecord):
-            bad.append(item)
-        elif isinstance(item, SideRow):
-            side.append(item)
-        else:
-            if screen is not None and rtype == "ServiceRequest" and isinstance(rec, Record):
+            counts[rtype] = counts.get(rtype, 0) + 1
+        if type(item) is Row:
+            if screen is not None and rtype == "ServiceRequest" and type(rec) is Record:
                 verdict = screen(rec.resource)
                 orders += verdict is not OrderScreen.NOT_EVALUATED
                 if verdict is OrderScreen.CANDIDATE:
                     wanted.add(item.key)
             on_row(item)
-    counts.update(counted)
-    return Routed(counts, side, bad, meta.get("lines", 0), meta.get("records", 0), orders, wanted)
+        elif type(item) is SideRow:
+            side.append(item)
+        elif type(item) is BadRecord:
+            bad.append(item)
+    for rtype, n in counted.items():
+        counts[rtype] = counts.get(rtype, 0) + n
+    return Routed(Counter(counts), side, bad, meta.get("lines", 0), meta.get("records", 0), orders, wanted)
 
 
 def _spill(task_index: int, task: ReadTask) -> SpillResult:

@@ -113,10 +113,10 @@ def shard_of(key: str, n_shards: int) -> int:
     return zlib.crc32(key.encode()) % n_shards
 
 
-def encode_row(row: Row, task: int = -1) -> bytes:
-    """``key type file task line entry json``: ``line`` may be relative to ``task`` (see group_shard)."""
-    head = f"{row.key}\t{row.rtype}\t{row.file_index}\t{task}\t{row.line}\t{row.entry}\t".encode()
-    return head + row.raw + b"\n"
+def row_head(row: Row, task: int = -1) -> bytes:
+    """A spilled line is ``key type file task line entry json`` + newline: this is all before the json.
+    ``line`` may be relative to ``task`` (see group_shard)."""
+    return f"{row.key}\t{row.rtype}\t{row.file_index}\t{task}\t{row.line}\t{row.entry}\t".encode()
 
 
 class SpillWriter:
@@ -130,9 +130,13 @@ class SpillWriter:
         self._size = 0
 
     def add(self, row: Row) -> None:
-        data = encode_row(row, self.task)
-        self._buffers.setdefault(shard_of(row.key, self.n_shards), []).append(data)
-        self._size += len(data)
+        head = row_head(row, self.task)
+        shard = shard_of(row.key, self.n_shards)
+        buffer = self._buffers.get(shard)
+        if buffer is None:
+            buffer = self._buffers[shard] = []
+        buffer += (head, row.raw, b"\n")  # joined once at flush: no copy of each line on its own
+        self._size += len(head) + len(row.raw) + 1
         if self._size >= FLUSH_BYTES:
             self.flush()
 

@@ -445,16 +445,25 @@ def _read_ndjson(f: InputFile, task: ReadTask, keep: frozenset[str] | None,
     parser = simdjson.Parser() if lazy else None
     Obj = simdjson.Object if lazy else dict
     loads = orjson.loads
+    # Whether the last resource was one to keep: Bulk Data files hold one type each, so the next one most
+    # likely is too, and is then parsed once (orjson) rather than checked first (simdjson) and parsed again.
+    kept = False  # stays False without simdjson (then every line is parsed with orjson anyway)
     try:
         unterminated: list[bool] = []
         for line in _iter_lines(f, task, unterminated):
             line_no += 1
             try:
-                if parser is not None:
-                    doc = parser.parse(line)
-                    obj = None
-                else:
-                    doc = obj = loads(line)
+                doc = obj = None
+                if kept:
+                    try:
+                        doc = obj = loads(line)
+                    except ValueError:
+                        pass  # read again below: a bad line gets the same reason whatever line came before it
+                if doc is None:
+                    if parser is not None:
+                        doc = parser.parse(line)
+                    else:
+                        doc = obj = loads(line)
             # orjson's JSONDecodeError is a ValueError; simdjson raises RuntimeError (e.g. DEPTH_ERROR)
             except (ValueError, UnicodeDecodeError, RuntimeError) as exc:
                 if not line.strip():
@@ -466,12 +475,14 @@ def _read_ndjson(f: InputFile, task: ReadTask, keep: frozenset[str] | None,
                     continue
                 yield BadRecord(idx, line_no, None, _bad_json(exc))
                 continue
-            rtype = doc.get("resourceType") if type(doc) is Obj else None
+            rtype = doc.get("resourceType") if type(doc) is Obj or type(doc) is dict else None
             del doc  # simdjson: the parser can only be reused once its document is released
             if type(rtype) is str and keep is not None and rtype not in keep:
+                kept = False
                 if counted is not None:
                     counted[rtype] = counted.get(rtype, 0) + 1
                 continue
+            kept = parser is not None
             if not isinstance(rtype, str):
                 yield BadRecord(idx, line_no, None, "not a FHIR resource (no resourceType)")
                 continue

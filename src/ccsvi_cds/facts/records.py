@@ -77,8 +77,14 @@ def patient_of(resource: Resource, path: str, aliases: Mapping[str, str] | None 
     element = patient_element(resource)
     if element is None:
         return None
-    obj = as_obj(resource.get(element), f"{path}.{element}")
-    text = as_str((obj or {}).get("reference"), f"{path}.{element}.reference")
+    obj = resource.get(element)
+    if type(obj) is not dict:  # the path is spelt out only for an error: the audit calls this per record
+        obj = as_obj(obj, f"{path}.{element}")
+        if obj is None:
+            return None
+    text = obj.get("reference")
+    if type(text) is not str:
+        text = as_str(text, f"{path}.{element}.reference")
     if not text:
         return None
     ref = read_reference(text, aliases)
