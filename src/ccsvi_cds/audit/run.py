@@ -28,7 +28,7 @@ from .outputs import (
 from .parts import EngineResult, write_part
 from .report import write_report
 from .scratch import LEGACY_SPILL_PREFIX, SPILL_PREFIX, default_workdir, private_dir, remove_stale
-from .sources import TRUNCATED, UNREADABLE, InputFile, Skipped, discover, iter_cut_tasks, plan_tasks
+from .sources import TRUNCATED, UNREADABLE, InputFile, Skipped, discover, iter_cut_tasks
 
 Progress = Callable[[str, int, int, int], None]  # (phase, advance, total, resources read)
 
@@ -107,7 +107,7 @@ def run_audit(opts: AuditOptions, progress: Progress | None = None,
                 from .spark import run_spark  # PySpark is optional: imported only here
 
                 start_hashing()
-                result = run_spark(files, plan_tasks(files), opts.rules_dir, scratch, master=opts.spark_master,
+                result = run_spark(files, opts.rules_dir, scratch, master=opts.spark_master,
                                    conf=opts.spark_conf, base_url=opts.base_url, digest=pack.digest,
                                    validate=opts.validate, pack=pack)
             else:

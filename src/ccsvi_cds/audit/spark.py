@@ -30,7 +30,7 @@ from .evaluator import build_evaluator
 from .join import SideTables, build_side_tables, error_line, evaluate_patient_or_report
 from .partition import Routing, Row, choose_shards, estimated_bytes
 from .parts import EngineResult
-from .sources import InputFile, ReadTask
+from .sources import CHUNK_BYTES, InputFile, ReadTask, plan_tasks
 
 if TYPE_CHECKING:
     from ccsvi_cds.evaluate import Evaluator
@@ -164,7 +164,19 @@ def ship_package(sc: Any) -> None:
     _SHIPPED[sc.applicationId] = dest
 
 
-def run_spark(files: Sequence[InputFile], tasks: Sequence[ReadTask], rules_dir: Path, workdir: Path,
+TASKS_PER_CORE = 3  # enough to even out uneven tasks; few enough that Spark's per-task cost stays small
+MAX_TASK_BYTES = 64 * 1024 * 1024
+
+
+def task_bytes(files: Sequence[InputFile], parallelism: int) -> int:
+    """The size of one read task: each costs Spark a scheduling round and a Python worker hand-over (~0.1 s
+    on a small cluster), so a few per core rather than the embedded engine's 8 MiB; capped so that a lost
+    task is cheap to redo."""
+    total = sum(f.size for f in files)
+    return max(CHUNK_BYTES, min(MAX_TASK_BYTES, -(-total // (TASKS_PER_CORE * max(1, parallelism)))))
+
+
+def run_spark(files: Sequence[InputFile], rules_dir: Path, workdir: Path,
               master: str | None = None, conf: Sequence[tuple[str, str]] = (),
               base_url: str | None = None, digest: str | None = None, validate: bool = False,
               pack: RulePack | None = None) -> EngineResult:
@@ -173,6 +185,7 @@ def run_spark(files: Sequence[InputFile], tasks: Sequence[ReadTask], rules_dir: 
 
     spark = session(master, conf)
     sc = spark.sparkContext
+    tasks = plan_tasks(files, task_bytes(files, sc.defaultParallelism))
     ship_package(sc)  # the rule pack goes as a broadcast (below); the inputs are read where they are
     files_t = tuple(files)
     paths = [f.path for f in files]
