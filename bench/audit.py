@@ -14,6 +14,9 @@ is printed with PASS/MISS at the end. Results go to stdout and bench/out/audit-r
 
     make bench BENCH=audit
     BENCH_AUDIT_SIZES=100000 BENCH_AUDIT_SHAPES=referral BENCH_AUDIT_ENGINES=embedded make bench BENCH=audit
+
+Memory at scale: the referral export at BENCH_AUDIT_SCALE_SIZES (default 5000000; empty to skip) is audited
+once by the embedded engine, for the memory target at 5M.
 """
 
 from __future__ import annotations
@@ -302,6 +305,21 @@ def main() -> None:
                     if first is not None and first["shape"] == shape and first["size"] == n:
                         print(f"  {'':13s} findings.ndjson identical to {first['engine']}'s: "
                               f"{r['findings_sha256'] == first['findings_sha256']}", flush=True)
+        # Memory at scale (the referral target holds at 5M too): the embedded engine once, on a bigger export.
+        scale = [int(x) for x in os.environ.get("BENCH_AUDIT_SCALE_SIZES", "5000000").split(",") if x]
+        for n in scale if "embedded" in engines and "referral" in shapes else []:
+            export = _export(n, "referral")
+            parse_ceiling(export)
+            count, secs = parse_ceiling(export, 1)
+            r = run_audit(export, "embedded")
+            r.update(shape="referral", size=n, ceiling_1p=count / secs, ceiling_2p=count / secs,
+                     ratio_1p=r["rate"] * secs / count, ratio_2p=r["rate"] * secs / count,
+                     cpu_us_per_resource=r["cpu_seconds"] / r["resources"] * 1e6,
+                     ratio_cpu_2cores=(r["resources"] / (r["cpu_seconds"] / 2)) * secs / count, all_seconds=[])
+            results.append(r)
+            print(f"  scale: referral {n:,}: embedded {r['seconds']:.1f} s, {r['rate']:,.0f} resources/s "
+                  f"({r['ratio_1p']:.0%} of the 1-process ceiling), peak RSS {r['peak_rss'] / 2**20:,.0f} MiB "
+                  f"(PSS {r['peak_pss'] / 2**20:,.0f} MiB)", flush=True)
     by = {(r["engine"], r["shape"], r["size"]): r for r in results}
     for shape in shapes:
         for engine in engines:

@@ -23,6 +23,7 @@ ServiceRequest id: the rule expected to fire, or "silent"; a dot-file, so audits
 from __future__ import annotations
 
 import argparse
+import collections.abc
 import gzip
 import random
 from collections.abc import Iterator
@@ -201,22 +202,7 @@ class Generator:
                                      "system": "http://unitsofmeasure.org", "code": unit}}
         for system, code, display in r.sample(COMMON_CONDITIONS, r.randint(0, 2)):
             yield self.condition(pid, _cc(system, code, display))
-        x = r.random()
-        if x < 0.06:
-            yield from self.ms_patient(pid)
-        elif x < 0.065:
-            yield from self.dialysis_patient(pid, ms=r.random() < 0.3)
-        elif x < 0.07:
-            yield from self.iliac_patient(pid, ms=r.random() < 0.3)
-        elif x < 0.075:
-            yield from self.carotid_patient(pid, ms=r.random() < 0.3)
-        elif x < 0.0755:  # no MS on record, but the order itself says CCSVI
-            yield self.order(pid, _cc(CPT, "37248", "Transluminal balloon angioplasty, vein"), [JUGULAR],
-                             reason=_cc(None, None, "CCSVI"), expect="venous-angioplasty-ms")
-        elif x < 0.076:
-            yield self.condition(pid, _cc(ICD10CM, "G37.9", "Demyelinating disease of central nervous system, unspecified",
-                                          "Clinically isolated syndrome"))
-            yield self.order(pid, _cc(None, None, "MRI brain with and without contrast"), None)
+        yield from self.rare(pid, referral=False)
         for _ in range(r.choice((0, 0, 1, 1, 2))):
             yield self.order(pid, _cc(None, None, r.choice(ORDINARY_REFERRALS)), None)
 
@@ -232,13 +218,23 @@ class Generator:
         if r.random() < 0.27:  # with the MS and look-alike patients below: Conditions for about a third
             for system, code, display in r.sample(COMMON_CONDITIONS, r.randint(1, 3)):
                 yield self.condition(pid, _cc(system, code, display))
+        if (yield from self.rare(pid, referral=True)):
+            routine -= 1  # the MS patient's own orders include one routine order
+        for _ in range(routine):
+            yield self.order(pid, _cc(None, None, r.choice(ROUTINE_ORDERS)), None)
+
+    def rare(self, pid: str, referral: bool) -> collections.abc.Generator[dict[str, Any], None, bool]:
+        """The rare patients both shapes share, drawn from one random number: MS (True is returned: their own
+        orders include a routine one), and CCSVI look-alikes (dialysis, iliac, carotid), an order that says
+        CCSVI without MS on record, a clinically isolated syndrome. Each shape draws the same numbers as ever."""
+        r = self.r
         x = r.random()
         if x < 0.06:
-            yield from self.ms_patient(pid)  # includes one routine order
-            routine -= 1
-        elif x < 0.065:
+            yield from self.ms_patient(pid)
+            return True
+        if x < 0.065:
             yield from self.dialysis_patient(pid, ms=r.random() < 0.3)
-            if r.random() < 0.2:  # the fistula was dilated before: a Procedure no CCSVI rule may count
+            if referral and r.random() < 0.2:  # the fistula was dilated before: a Procedure no CCSVI rule may count
                 yield {"resourceType": "Procedure", "id": self._id("proc"), "status": "completed",
                        "code": _cc(CPT, "36902", "Dialysis circuit angioplasty", "AV fistula angioplasty"),
                        "subject": self.ref("Patient", pid), "performedDateTime": f"{self._date(2012, 2023)}T08:00:00Z"}
@@ -252,8 +248,9 @@ class Generator:
         elif x < 0.076:
             yield self.condition(pid, _cc(ICD10CM, "G37.9", "Demyelinating disease of central nervous system, unspecified",
                                           "Clinically isolated syndrome"))
-        for _ in range(routine):
-            yield self.order(pid, _cc(None, None, r.choice(ROUTINE_ORDERS)), None)
+            if not referral:
+                yield self.order(pid, _cc(None, None, "MRI brain with and without contrast"), None)
+        return False
 
     def condition(self, pid: str, code: dict[str, Any], clinical: str = "active",
                   verification: str = "confirmed") -> dict[str, Any]:
