@@ -61,3 +61,15 @@ def test_spark_matches_embedded_with_errors_and_bundles(spark: Any, tmp_path: Pa
     found = [orjson.loads(x) for x in (tmp_path / "embedded" / "findings.ndjson").read_bytes().splitlines()]
     assert [f["source"]["line"] for f in found if f["source"]["file"] == str(c)] == [303]
     assert spk["errors"] == emb["errors"]
+
+
+def test_spark_read_tasks_are_a_few_per_core() -> None:
+    """Each Spark task costs a scheduling round and a Python worker hand-over: a few per core, within bounds."""
+    from ccsvi_cds.audit.spark import MAX_TASK_BYTES, task_bytes
+
+    def files(*sizes: int) -> list[sources.InputFile]:
+        return [sources.InputFile(f"f{i}.ndjson", "ndjson", False, s) for i, s in enumerate(sizes)]
+
+    assert task_bytes(files(1 << 20), 2) == sources.CHUNK_BYTES  # small inputs: the embedded engine's size
+    assert task_bytes(files(150 << 20, 150 << 20), 2) == 50 << 20  # 300 MiB on 2 cores: 6 tasks
+    assert task_bytes(files(100 << 30), 8) == MAX_TASK_BYTES  # a lost task stays cheap to redo

@@ -26,11 +26,12 @@ from typing import TYPE_CHECKING, Any
 from ccsvi_cds.facts.requirements import data_requirements
 from ccsvi_cds.rulepack import load_pack
 
+from . import sources
 from .evaluator import build_evaluator
 from .join import SideTables, build_side_tables, error_line, evaluate_patient_or_report
 from .partition import Routing, Row, choose_shards, estimated_bytes
 from .parts import EngineResult
-from .sources import CHUNK_BYTES, InputFile, ReadTask, plan_tasks
+from .sources import InputFile, ReadTask, plan_tasks
 
 if TYPE_CHECKING:
     from ccsvi_cds.evaluate import Evaluator
@@ -173,7 +174,7 @@ def task_bytes(files: Sequence[InputFile], parallelism: int) -> int:
     on a small cluster), so a few per core rather than the embedded engine's 8 MiB; capped so that a lost
     task is cheap to redo."""
     total = sum(f.size for f in files)
-    return max(CHUNK_BYTES, min(MAX_TASK_BYTES, -(-total // (TASKS_PER_CORE * max(1, parallelism)))))
+    return max(sources.CHUNK_BYTES, min(MAX_TASK_BYTES, -(-total // (TASKS_PER_CORE * max(1, parallelism)))))
 
 
 def run_spark(files: Sequence[InputFile], rules_dir: Path, workdir: Path,
