@@ -29,7 +29,7 @@ from ccsvi_cds.rulepack import load_pack
 from . import sources
 from .evaluator import build_evaluator
 from .join import SideTables, build_side_tables, error_line, evaluate_patient_or_report
-from .partition import Routing, Row, choose_shards, estimated_bytes
+from .partition import Routing, Row
 from .parts import EngineResult
 from .sources import InputFile, ReadTask, plan_tasks
 
@@ -193,7 +193,6 @@ def run_spark(files: Sequence[InputFile], rules_dir: Path, workdir: Path,
     rules = str(Path(rules_dir).resolve())
     parts = workdir / "parts"
     parts.mkdir(parents=True, exist_ok=True)
-    n_groups = max(sc.defaultParallelism, choose_shards(estimated_bytes([(f.size, f.gzip) for f in files])))
 
     routing = Routing.of(data_requirements(pack if pack is not None else load_pack(rules_dir)))
     pack_b = sc.broadcast(pack) if pack is not None else None
@@ -229,7 +228,8 @@ def run_spark(files: Sequence[InputFile], rules_dir: Path, workdir: Path,
     finally:
         items.unpersist()
     # Pass 2: read again, keep only the wanted patients' rows, group them by patient, evaluate where they are.
-    n_groups = max(1, min(n_groups, len(wanted)))
+    # Only the joined patients' rows are shuffled (a small share of the input): a few groups per core.
+    n_groups = max(1, min(len(wanted), TASKS_PER_CORE * sc.defaultParallelism))
     out = (tasks_rdd.flatMap(lambda t: _rows(files_t, routing, wanted_b, t))
            .groupByKey(n_groups)
            .mapPartitions(lambda g: _evaluate(g, side_b, pack_b, rules, digest, base_url, validate, paths)))
