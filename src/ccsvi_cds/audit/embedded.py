@@ -45,7 +45,7 @@ from .partition import (
     shard_files,
 )
 from .parts import EngineResult, write_part
-from .sources import BadRecord, InputFile, ReadTask, Record, line_offsets, read_task
+from .sources import BadRecord, InputFile, ReadTask, Record, line_offsets, read_mentioning, read_task
 
 if TYPE_CHECKING:
     from ccsvi_cds.evaluate import Evaluator
@@ -71,6 +71,8 @@ _EVALUATOR: Evaluator | None = None
 _SIDE: SideTables | None = None
 _OFFSETS: dict[int, int] | None = None
 _WANTED: frozenset[bytes] | None = None  # patient keys to join (phase 2), from every read task's screening
+_WANTED_KEYS: frozenset[str] | None = None  # the same (phase 1b)
+_WANTED_IDS: frozenset[bytes] | None = None  # their patient ids, as raw NDJSON spells them (phase 1b)
 _PARENT_PACK: RulePack | None = None  # the RulePack the parent loaded; workers inherit it through fork
 
 
@@ -93,9 +95,10 @@ def _die_with_parent(parent: int) -> None:
 
 
 def _init(cfg: _Config) -> None:
-    global _CFG, _EVALUATOR, _SIDE, _OFFSETS, _WANTED
+    global _CFG, _EVALUATOR, _SIDE, _OFFSETS, _WANTED, _WANTED_KEYS, _WANTED_IDS
     _die_with_parent(cfg.parent_pid)
-    _CFG, _EVALUATOR, _SIDE, _OFFSETS, _WANTED = cfg, None, None, None, None
+    _CFG, _EVALUATOR, _SIDE, _OFFSETS = cfg, None, None, None
+    _WANTED = _WANTED_KEYS = _WANTED_IDS = None
 
 
 def worker_evaluator(cfg: _Config) -> Evaluator:
@@ -166,10 +169,33 @@ def read_and_route(files: Sequence[InputFile], task: ReadTask, routing: Routing,
     return Routed(Counter(counts), side, bad, meta.get("lines", 0), meta.get("records", 0), orders, wanted)
 
 
-def _spill(task_index: int, task: ReadTask) -> SpillResult:
+def patient_ids(wanted: Iterable[str]) -> frozenset[bytes]:
+    """The ids of "Patient/<id>" keys, as they appear in raw NDJSON (see sources.read_mentioning)."""
+    return frozenset(key.split("/", 1)[1].encode() for key in wanted)
+
+
+def gather(files: Sequence[InputFile], task: ReadTask, routing: Routing, wanted: frozenset[str],
+           ids: frozenset[bytes], on_row: Callable[[Row], None]) -> None:
+    """Read one task again for the rows of the patients to join (``wanted``, ``ids`` their patient ids). In
+    NDJSON only the lines that mention one of them are parsed: almost every line is skipped unread. Each
+    candidate is classified by the same code as in the first reading, so a row is its patient's or is not
+    kept. Shared by both engines."""
+    records = read_mentioning(files, task, ids) if files[task.file_index].kind == "ndjson" \
+        else read_task(files, task, routing.needed)
+    for rec in records:
+        _, item = classify(rec, routing)
+        if type(item) is Row and item.key in wanted:
+            on_row(item)
+
+
+def _read(task_index: int, task: ReadTask) -> SpillResult:
+    """Phase 1 for one task. Rows of NDJSON tasks are not kept (phase 1b gathers the few needed); a Bundle
+    file's are spilled now, as reading it again would mean parsing it all again."""
     assert _CFG is not None
     writer = SpillWriter(_CFG.spill_dir, _CFG.n_shards, task_index)
-    routed = read_and_route(_CFG.files, task, _CFG.routing, writer.add, worker_evaluator(_CFG).screen)
+    keep = _CFG.files[task.file_index].kind == "json"
+    routed = read_and_route(_CFG.files, task, _CFG.routing, writer.add if keep else _drop,
+                            worker_evaluator(_CFG).screen)
     counts, side, bad, lines = routed.counts, routed.side, routed.bad, routed.lines
     writer.flush()
     f = _CFG.files[task.file_index]
@@ -180,6 +206,22 @@ def _spill(task_index: int, task: ReadTask) -> SpillResult:
         path.write_bytes(b"".join(orjson.dumps([b.file_index, b.line, b.entry, b.reason]) + b"\n" for b in bad))
     return SpillResult(task_index, task, size, lines, routed.records, counts, side, path, routed.orders,
                        routed.wanted)
+
+
+def _drop(row: Row) -> None:
+    return None
+
+
+def _gather(task_index: int, task: ReadTask) -> None:
+    """Phase 1b for one NDJSON task: spill the rows of the patients to join."""
+    global _WANTED_KEYS, _WANTED_IDS
+    assert _CFG is not None
+    if _WANTED_KEYS is None or _WANTED_IDS is None:
+        _WANTED_KEYS = frozenset((_CFG.spill_dir / "wanted.txt").read_text().split())
+        _WANTED_IDS = patient_ids(_WANTED_KEYS)
+    writer = SpillWriter(_CFG.spill_dir, _CFG.n_shards, task_index)
+    gather(_CFG.files, task, _CFG.routing, _WANTED_KEYS, _WANTED_IDS, writer.add)
+    writer.flush()
 
 
 def _number_bad_records(bad: Path, offset: int, paths: Sequence[str], out: Path) -> Path | None:
@@ -301,7 +343,7 @@ def run_embedded(files: Sequence[InputFile], tasks: Iterable[ReadTask], rules_di
         pool.submit(int).result()  # workers are forked now, before the caller's threads start
         if on_started is not None:
             on_started()
-        _drain(pool, ((_spill, (i, t)) for i, t in enumerate(tasks)), spilled, workers * 4)
+        _drain(pool, ((_read, (i, t)) for i, t in enumerate(tasks)), spilled, workers * 4)
         # Every task's line count is known now: relative line numbers become the files' line numbers.
         offsets = line_offsets(read)
         (spill_dir / "lines.json").write_bytes(orjson.dumps({str(k): v for k, v in offsets.items()}))
@@ -311,6 +353,9 @@ def run_embedded(files: Sequence[InputFile], tasks: Iterable[ReadTask], rules_di
         (spill_dir / "side.json").write_bytes(build_side_tables(s for _, s in side_rows).to_json())
         (spill_dir / "wanted.txt").write_bytes("\n".join(sorted(wanted)).encode())
         result.patients = len(wanted)
+        if wanted:  # phase 1b: the rows of the patients to join, from the NDJSON tasks
+            _drain(pool, [(_gather, (i, t)) for i, t, _ in sorted(read, key=lambda r: r[0])
+                          if files[t.file_index].kind == "ndjson"], lambda _: None, workers * 4)
         del side_rows[:]
         for task_index, bad in bad_files:
             part = _number_bad_records(bad, offsets[task_index], paths, parts_dir / f"read-{task_index:06d}.errors")

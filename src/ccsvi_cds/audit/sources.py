@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import os
+import re
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -503,6 +504,82 @@ def _read_ndjson(f: InputFile, task: ReadTask, keep: frozenset[str] | None,
     if meta is not None:
         meta["lines"] = line_no - first
         meta["records"] = line_no - first - blank
+
+
+# ---------------------------------------------------------------------------------------------- gathering
+
+# How a record names its patient in raw NDJSON, as records.patient_of reads it: a reference containing
+# "Patient/<id>" (relative, absolute, versioned), or a Patient's own "id". JSON escapes could spell either
+# differently, and a Bundle's entries refer to each other by fullUrl: lines with those are always read.
+_PATIENT_REFERENCE = re.compile(rb"Patient/([A-Za-z0-9\-.]{1,64})")
+_ID_VALUE = re.compile(rb'"id"\s*:\s*"([A-Za-z0-9\-.]{1,64})"')
+_ALWAYS_READ = (b"\\/", b"\\u", b'"Bundle"')
+
+
+def read_mentioning(files: Sequence[InputFile], task: ReadTask, ids: frozenset[bytes]) -> Iterator[Record]:
+    """The records of an NDJSON task whose line mentions one of ``ids`` (patient ids) as `patient_of` reads
+    them: a necessary condition for the record to belong to one of those patients, found by scanning whole
+    blocks, so the other lines are never parsed. Line numbers are as ``read_task`` gives them. What cannot be
+    read is skipped without a word: the first reading of the task reported it."""
+    f = files[task.file_index]
+    line_no = (task.first_line or 1) - 1
+    for block in _iter_blocks(f, task):
+        hits = ids.intersection(_PATIENT_REFERENCE.findall(block)) | ids.intersection(_ID_VALUE.findall(block))
+        starts: set[int] = set()
+        for needle in (*hits, *_ALWAYS_READ):
+            at = block.find(needle)
+            while at >= 0:
+                starts.add(block.rfind(b"\n", 0, at) + 1)
+                at = block.find(needle, at + len(needle))
+        counted = 0  # line_no is the number of the line before block[counted:]
+        for start in sorted(starts):
+            line_no += block.count(b"\n", counted, start)
+            counted = start
+            end = block.find(b"\n", start)
+            yield from _line_records(block[start:end] if end >= 0 else block[start:], task.file_index, line_no + 1)
+        line_no += block.count(b"\n", counted)
+
+
+def _line_records(line: bytes, idx: int, line_no: int) -> Iterator[Record]:
+    """One NDJSON line's records, read as ``_read_ndjson`` reads them (bad ones were reported there)."""
+    try:
+        obj = orjson.loads(line)
+    except ValueError:
+        return
+    if not isinstance(obj, dict) or not isinstance(obj.get("resourceType"), str):
+        return
+    if obj["resourceType"] == "Bundle":
+        yield from (r for r in _bundle_records(obj, idx, line_no) if isinstance(r, Record))
+        return
+    yield Record(obj, line.strip() if line[-1:].isspace() else line, idx, line_no, None)
+
+
+def _iter_blocks(f: InputFile, task: ReadTask) -> Iterator[bytes]:
+    """The task's bytes in blocks of whole lines (the last one may lack its line end). A gzip file is read in
+    small steps, as ``_iter_lines`` does: if it is cut short, what came before the cut is still read."""
+    step = 1 << 16 if f.gzip else _BLOCK
+    with _open(f.path, f.gzip) as fh:
+        remaining = None
+        if not f.gzip:
+            fh.seek(task.start)
+            remaining = (task.end - task.start) if task.end >= 0 else None
+        rest = b""
+        while remaining is None or remaining > 0:
+            try:
+                block = fh.read(step if remaining is None else min(step, remaining))
+            except (OSError, EOFError, zlib.error):
+                return  # reported by the first reading, which did not read the line cut short either
+            if not block:
+                break
+            if remaining is not None:
+                remaining -= len(block)
+            block = rest + block if rest else block
+            cut = block.rfind(b"\n") + 1
+            rest = block[cut:]
+            if cut:
+                yield block[:cut]
+        if rest:
+            yield rest
 
 
 def _too_deep(obj: Any, limit: int = MAX_DEPTH) -> bool:

@@ -71,12 +71,13 @@ def _screen(files: Sequence[InputFile], routing: Routing, pack_b: Any, rules_dir
 
 def _rows(files: Sequence[InputFile], routing: Routing, wanted_b: Any,
           item: tuple[int, ReadTask]) -> Iterator[tuple[str, tuple[Any, ...]]]:
-    """Pass 2 over one read task: the rows of the patients to join, keyed for the group by patient."""
-    from .embedded import read_and_route
+    """Pass 2 over one read task: the rows of the patients to join, keyed for the group by patient (NDJSON
+    lines that mention none of them are not even parsed: `gather`)."""
+    from .embedded import gather, patient_ids
 
     wanted: frozenset[str] = wanted_b.value
     rows: list[Row] = []
-    read_and_route(files, item[1], routing, lambda row: rows.append(row) if row.key in wanted else None, None)
+    gather(files, item[1], routing, wanted, patient_ids(wanted), rows.append)
     for r in rows:
         yield r.key, (r.rtype, r.file_index, r.line, r.entry, r.raw)
 
