@@ -524,9 +524,12 @@ def read_mentioning(files: Sequence[InputFile], task: ReadTask, ids: frozenset[b
     f = files[task.file_index]
     line_no = (task.first_line or 1) - 1
     for block in _iter_blocks(f, task):
-        hits = ids.intersection(_PATIENT_REFERENCE.findall(block)) | ids.intersection(_ID_VALUE.findall(block))
         starts: set[int] = set()
-        for needle in (*hits, *_ALWAYS_READ):
+        for pattern in (_PATIENT_REFERENCE, _ID_VALUE):
+            if not ids.isdisjoint(pattern.findall(block)):  # findall is cheap: most blocks stop here
+                starts.update(block.rfind(b"\n", 0, m.start()) + 1 for m in pattern.finditer(block)
+                              if m.group(1) in ids)
+        for needle in _ALWAYS_READ:
             at = block.find(needle)
             while at >= 0:
                 starts.add(block.rfind(b"\n", 0, at) + 1)
