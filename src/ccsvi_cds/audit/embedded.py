@@ -314,6 +314,7 @@ def run_embedded(files: Sequence[InputFile], tasks: Iterable[ReadTask], rules_di
     read: list[tuple[int, ReadTask, int]] = []
     bad_files: list[tuple[int, Path]] = []
     wanted: set[str] = set()
+    joined_tasks: set[int] = set()  # tasks that held a resource of a joined type
     tick = progress or (lambda phase, adv, total, resources: None)
     total_bytes = sum(f.size for f in files)
     paths = [f.path for f in files]
@@ -327,6 +328,8 @@ def run_embedded(files: Sequence[InputFile], tasks: Iterable[ReadTask], rules_di
             bad_files.append((r.task_index, r.bad))
         result.evaluated += r.orders
         wanted.update(r.wanted)
+        if not r.counts.keys().isdisjoint(cfg.routing.joined):
+            joined_tasks.add(r.task_index)  # only these are read again (not the Observations, say)
         tick("read", r.bytes_read, total_bytes, sum(r.counts.values()))
 
     def evaluated(r: ShardResult) -> None:
@@ -355,7 +358,7 @@ def run_embedded(files: Sequence[InputFile], tasks: Iterable[ReadTask], rules_di
         result.patients = len(wanted)
         if wanted:  # phase 1b: the rows of the patients to join, from the NDJSON tasks
             _drain(pool, [(_gather, (i, t)) for i, t, _ in sorted(read, key=lambda r: r[0])
-                          if files[t.file_index].kind == "ndjson"], lambda _: None, workers * 4)
+                          if files[t.file_index].kind == "ndjson" and i in joined_tasks], lambda _: None, workers * 4)
         del side_rows[:]
         for task_index, bad in bad_files:
             part = _number_bad_records(bad, offsets[task_index], paths, parts_dir / f"read-{task_index:06d}.errors")

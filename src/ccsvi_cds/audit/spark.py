@@ -66,7 +66,7 @@ def _screen(files: Sequence[InputFile], routing: Routing, pack_b: Any, rules_dir
         yield ("E", k, v)
     for key in routed.wanted:
         yield ("W", key)
-    yield ("C", dict(routed.counts), len(errors), item[1].file_index, routed.records, routed.orders)
+    yield ("C", dict(routed.counts), len(errors), item[1].file_index, routed.records, routed.orders, item[0])
 
 
 def _rows(files: Sequence[InputFile], routing: Routing, wanted_b: Any,
@@ -205,6 +205,7 @@ def run_spark(files: Sequence[InputFile], rules_dir: Path, workdir: Path,
         counts: Counter[str] = Counter()
         side_rows = []
         wanted: set[str] = set()
+        joined_tasks: set[int] = set()  # tasks that held a resource of a joined type
         n_read_errors = 0
         # collect (not toLocalIterator): computes and caches every partition in parallel; this part is small.
         records: Counter[int] = Counter()
@@ -219,6 +220,8 @@ def run_spark(files: Sequence[InputFile], rules_dir: Path, workdir: Path,
                 n_read_errors += rest[1]
                 records[rest[2]] += rest[3]
                 result.evaluated += rest[4]
+                if not rest[0].keys().isdisjoint(routing.joined):
+                    joined_tasks.add(rest[5])  # only these are read again (not the Observations, say)
         side_b = sc.broadcast(build_side_tables(side_rows))
         wanted_b = sc.broadcast(frozenset(wanted))
         del side_rows
@@ -231,7 +234,9 @@ def run_spark(files: Sequence[InputFile], rules_dir: Path, workdir: Path,
     # Pass 2: read again, keep only the wanted patients' rows, group them by patient, evaluate where they are.
     # Only the joined patients' rows are shuffled (a small share of the input): a few groups per core.
     n_groups = max(1, min(len(wanted), TASKS_PER_CORE * sc.defaultParallelism))
-    out = (tasks_rdd.flatMap(lambda t: _rows(files_t, routing, wanted_b, t))
+    gather_tasks = [t for t in enumerate(tasks) if t[0] in joined_tasks]
+    out = (sc.parallelize(gather_tasks, max(1, len(gather_tasks)))
+           .flatMap(lambda t: _rows(files_t, routing, wanted_b, t))
            .groupByKey(n_groups)
            .mapPartitions(lambda g: _evaluate(g, side_b, pack_b, rules, digest, base_url, validate, paths)))
     out.persist(StorageLevel.MEMORY_AND_DISK)
