@@ -513,7 +513,8 @@ def _read_ndjson(f: InputFile, task: ReadTask, keep: frozenset[str] | None,
 # differently, and a Bundle's entries refer to each other by fullUrl: lines with those are always read.
 _PATIENT_REFERENCE = re.compile(rb"Patient/([A-Za-z0-9\-.]{1,64})")
 _ID_VALUE = re.compile(rb'"id"\s*:\s*"([A-Za-z0-9\-.]{1,64})"')
-_ALWAYS_READ = (b"\\/", b"\\u", b'"Bundle"')
+_ESCAPES_READ = (b"/", b"u")  # after a backslash: \/ and \uXXXX can spell "Patient/" or an id's characters
+_BUNDLE = b'"Bundle"'
 
 
 def read_mentioning(files: Sequence[InputFile], task: ReadTask, ids: frozenset[bytes]) -> Iterator[Record]:
@@ -524,16 +525,17 @@ def read_mentioning(files: Sequence[InputFile], task: ReadTask, ids: frozenset[b
     f = files[task.file_index]
     line_no = (task.first_line or 1) - 1
     for block in _iter_blocks(f, task):
-        starts: set[int] = set()
-        for pattern in (_PATIENT_REFERENCE, _ID_VALUE):
-            if not ids.isdisjoint(pattern.findall(block)):  # findall is cheap: most blocks stop here
-                starts.update(block.rfind(b"\n", 0, m.start()) + 1 for m in pattern.finditer(block)
-                              if m.group(1) in ids)
-        for needle in _ALWAYS_READ:
-            at = block.find(needle)
-            while at >= 0:
+        starts = {block.rfind(b"\n", 0, m.start()) + 1 for pattern in (_PATIENT_REFERENCE, _ID_VALUE)
+                  for m in pattern.finditer(block) if m.group(1) in ids}
+        at = block.find(b"\\")  # a JSON escape: rare in FHIR data, so one fast scan for the backslash
+        while at >= 0:
+            if block[at + 1:at + 2] in _ESCAPES_READ:
                 starts.add(block.rfind(b"\n", 0, at) + 1)
-                at = block.find(needle, at + len(needle))
+            at = block.find(b"\\", at + 2)
+        at = block.find(_BUNDLE)
+        while at >= 0:
+            starts.add(block.rfind(b"\n", 0, at) + 1)
+            at = block.find(_BUNDLE, at + len(_BUNDLE))
         counted = 0  # line_no is the number of the line before block[counted:]
         for start in sorted(starts):
             line_no += block.count(b"\n", counted, start)
