@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from pack_helpers import REPO
 
 from ccsvi_cds.authoring.cli import rules
-from ccsvi_cds.authoring.schema import SCHEMA_DIR, schemas, stale_schemas
+from ccsvi_cds.authoring.schema import schema_dir, schemas, stale_schemas
 from ccsvi_cds.rulepack import load_pack
 
 
@@ -47,8 +47,9 @@ def test_html_catalogue_escapes_and_links(tmp_path: Path) -> None:
 
 
 def test_committed_schemas_are_generated_from_the_models() -> None:
-    assert stale_schemas() == [], "run `ccsvi-cds rules schema` and commit schema/"
-    rule_schema = json.loads((SCHEMA_DIR / "rule.schema.json").read_text())
+    assert schema_dir(REPO / "rules") == REPO / "schema"
+    assert stale_schemas(REPO / "schema") == [], "run `ccsvi-cds rules schema` and commit schema/"
+    rule_schema = json.loads((REPO / "schema" / "rule.schema.json").read_text())
     assert rule_schema["properties"]["indicator"]["enum"] == ["info", "warning", "critical"]
     assert rule_schema["$defs"]["CardSpec"]["properties"]["summary"]["maxLength"] == 139
     assert set(schemas()) == {"rule.schema.json", "pack.schema.json", "evidence.schema.json", "cases.schema.json"}
@@ -63,3 +64,17 @@ def test_rule_files_point_editors_at_the_schema() -> None:
         assert first == f"# yaml-language-server: $schema=../schema/{kind}.schema.json", path
     for path in (REPO / "rules" / "cases").glob("*.yaml"):
         assert path.read_text().splitlines()[0] == "# yaml-language-server: $schema=../../schema/cases.schema.json"
+
+
+def test_schema_command_writes_beside_the_rules_folder_it_is_given(tmp_path: Path) -> None:
+    """A pack kept anywhere (not this checkout, not a wheel's package data) gets its schemas where its
+    files' `$schema` lines point: ../schema from the rules folder."""
+    pack = tmp_path / "hospital" / "rules"
+    pack.mkdir(parents=True)
+    result = CliRunner().invoke(rules, ["schema", str(pack)])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "hospital" / "schema").iterdir()) == sorted(schemas())
+    assert CliRunner().invoke(rules, ["schema", str(pack), "--check"]).exit_code == 0
+    (tmp_path / "hospital" / "schema" / "rule.schema.json").write_text("{}")
+    stale = CliRunner().invoke(rules, ["schema", str(pack), "--check"])
+    assert stale.exit_code == 1 and "rule.schema.json" in stale.output

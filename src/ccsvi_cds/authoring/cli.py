@@ -129,14 +129,16 @@ def diff(old_dir: Path, new_dir: Path, inputs: tuple[str, ...], fmt: str, fail_o
 
 
 @rules.command()
+@pack_dir
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
-              help="folder for the *.schema.json files (default: schema/ of the source tree)")
+              help="folder for the *.schema.json files (default: schema/ beside DIRECTORY, where the files' "
+                   "$schema lines point)")
 @click.option("--check", is_flag=True, help="only check that the committed schemas are up to date")
-def schema(out_dir: Path | None, check: bool) -> None:
+def schema(directory: Path, out_dir: Path | None, check: bool) -> None:
     """Generate the JSON Schemas editors use to validate rule, pack, evidence and case files while typing."""
-    from ccsvi_cds.authoring.schema import SCHEMA_DIR, stale_schemas, write_schemas
+    from ccsvi_cds.authoring.schema import schema_dir, stale_schemas, write_schemas
 
-    target = out_dir or SCHEMA_DIR
+    target = out_dir or schema_dir(directory)
     if check:
         stale = stale_schemas(target)
         if stale:

@@ -15,8 +15,13 @@ from pydantic import BaseModel, TypeAdapter
 from ccsvi_cds.authoring.cases import CaseFile
 from ccsvi_cds.rulepack.model import Citation, PackManifest, Rule
 
-SCHEMA_DIR = Path(__file__).resolve().parents[3] / "schema"
 BASE_ID = "urn:ccsvi-cds:schema:"
+
+
+def schema_dir(rules_dir: Path) -> Path:
+    """Where a pack's schemas go: beside the rules folder, where each file's `$schema` line points
+    (`../schema/<kind>.schema.json`)."""
+    return rules_dir.resolve().parent / "schema"
 
 
 def _schema(name: str, title: str, generated: dict[str, Any]) -> dict[str, Any]:
@@ -43,7 +48,7 @@ def render(schema: dict[str, Any]) -> str:
     return json.dumps(schema, indent=2, sort_keys=False, ensure_ascii=False) + "\n"
 
 
-def write_schemas(out_dir: Path = SCHEMA_DIR) -> list[Path]:
+def write_schemas(out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for name, schema in schemas().items():
@@ -55,7 +60,7 @@ def write_schemas(out_dir: Path = SCHEMA_DIR) -> list[Path]:
     return written
 
 
-def stale_schemas(out_dir: Path = SCHEMA_DIR) -> list[str]:
+def stale_schemas(out_dir: Path) -> list[str]:
     """Names of committed schema files that differ from the generated ones (or are missing)."""
     stale = []
     for name, schema in schemas().items():
