@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import logging
+import os
 import re
 import sqlite3
 import uuid
@@ -19,6 +20,7 @@ import pytest
 import service_payloads as p
 from cdshooks_checks import cards_of
 
+from ccsvi_cds.cards import _NAMESPACE, suggestion_uuid, uuid_text
 from ccsvi_cds.service import logs
 from ccsvi_cds.service.feedback_store import DecisionRecord, Store
 
@@ -81,6 +83,20 @@ def test_answers_without_origin_still_vary_on_origin(app_factory: Any) -> None:
     allowed = svc.post(SIGN, p.order_sign(), headers={"Origin": "https://ehr.example"})
     assert allowed.headers["access-control-allow-origin"] == "https://ehr.example"
     assert allowed.headers.get_list("vary") == ["Origin"] and cards_of(allowed)
+
+
+def test_uuids_are_the_standard_library_ones_without_its_objects() -> None:
+    for i in range(500):
+        name = f"ccsvi|rule-{i}|ServiceRequest/{'é' * (i % 3)}{i}|{i % 4}"
+        assert suggestion_uuid(*name.split("|")[:3], i % 4) == str(uuid.uuid5(_NAMESPACE, name))
+        raw = os.urandom(16)
+        assert uuid_text(raw, 4) == str(uuid.UUID(bytes=raw, version=4))
+
+
+def test_card_uuids_are_random_version_4(app_factory: Any) -> None:
+    svc = app_factory()
+    ids = [uuid.UUID(card["uuid"]) for _ in range(20) for card in cards_of(svc.post(SIGN, p.order_sign()))]
+    assert len(set(ids)) == len(ids) == 20 and {(u.version, u.variant) for u in ids} == {(4, uuid.RFC_4122)}
 
 
 def test_decisions_committed_together_share_their_commit_time(tmp_path: Path) -> None:
