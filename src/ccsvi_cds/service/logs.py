@@ -32,11 +32,11 @@ _second: tuple[int, str] = (-1, "")  # the last whole second formatted, and its 
 def json_line(created: float, level: str, logger: str, msg: str, fields: Mapping[str, object]) -> str:
     """One log line: ts, level, logger, msg, then the caller's fields (LogRecord attributes left out)."""
     global _second
-    whole = int(created)
-    if _second[0] != whole:  # strftime once per second, not per line
-        _second = (whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)))
+    whole, second = int(created), _second  # one read: other threads log too
+    if second[0] != whole:  # strftime once per second, not per line
+        second = _second = (whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)))
     out: dict[str, object] = {
-        "ts": f"{_second[1]}.{int((created - whole) * 1000):03d}Z",
+        "ts": f"{second[1]}.{int((created - whole) * 1000):03d}Z",
         "level": level,
         "logger": logger,
         "msg": clip(msg),
