@@ -23,6 +23,7 @@ from cdshooks_checks import cards_of
 from ccsvi_cds.cards import _NAMESPACE, suggestion_uuid, uuid_text
 from ccsvi_cds.service import logs
 from ccsvi_cds.service.feedback_store import DecisionRecord, Store
+from ccsvi_cds.service.models import OrderContext
 
 SIGN = "/cds-services/ccsvi-order-sign"
 FIELDS: dict[str, Any] = {"method": "POST", "path": SIGN, "status": 200, "ms": 1.25, "service": "ccsvi-order-sign",
@@ -97,6 +98,14 @@ def test_card_uuids_are_random_version_4(app_factory: Any) -> None:
     svc = app_factory()
     ids = [uuid.UUID(card["uuid"]) for _ in range(20) for card in cards_of(svc.post(SIGN, p.order_sign()))]
     assert len(set(ids)) == len(ids) == 20 and {(u.version, u.variant) for u in ids} == {(4, uuid.RFC_4122)}
+
+
+def test_draft_orders_are_checked_for_shape_without_copying_their_fields(app_factory: Any) -> None:
+    req = p.order_sign()
+    req["context"]["draftOrders"]["entry"][0]["resource"]["unknownElement"] = {"x": 1}
+    entry = OrderContext.model_validate(req["context"]).draftOrders.entry[0]
+    assert entry.resource.resourceType == "ServiceRequest" and not entry.resource.model_extra
+    assert cards_of(app_factory().post(SIGN, req))  # unknown fields are still accepted
 
 
 def test_decisions_committed_together_share_their_commit_time(tmp_path: Path) -> None:
