@@ -4,6 +4,7 @@ with every answer to a request without Origin; the decisions committed together 
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import io
 import logging
@@ -11,7 +12,7 @@ import os
 import re
 import sqlite3
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from cdshooks_checks import cards_of
 
 from ccsvi_cds.cards import _NAMESPACE, suggestion_uuid, uuid_text
 from ccsvi_cds.service import logs
+from ccsvi_cds.service.bounded import read_bounded
 from ccsvi_cds.service.feedback_store import DecisionRecord, Store
 from ccsvi_cds.service.models import OrderContext
 
@@ -106,6 +108,24 @@ def test_draft_orders_are_checked_for_shape_without_copying_their_fields(app_fac
     entry = OrderContext.model_validate(req["context"]).draftOrders.entry[0]
     assert entry.resource.resourceType == "ServiceRequest" and not entry.resource.model_extra
     assert cards_of(app_factory().post(SIGN, req))  # unknown fields are still accepted
+
+
+def test_bounded_read_builds_its_error_only_when_the_limit_is_passed() -> None:
+    made: list[str] = []
+
+    def too_large() -> Exception:
+        made.append("made")
+        return ValueError("too large")
+
+    async def chunks(*parts: bytes) -> AsyncIterator[bytes]:
+        for part in parts:
+            yield part
+
+    assert asyncio.run(read_bounded(chunks(b"ab", b"cd"), "4", 4, too_large)) == b"abcd" and made == []
+    for declared, parts in (("5", [b""]), (None, [b"abc", b"de"]), ("3", [b"abcde"])):
+        with pytest.raises(ValueError, match="too large"):
+            asyncio.run(read_bounded(chunks(*parts), declared, 4, too_large))
+    assert len(made) == 3
 
 
 def test_decisions_committed_together_share_their_commit_time(tmp_path: Path) -> None:

@@ -105,8 +105,8 @@ def guarded(endpoint: Endpoint, name: str) -> Callable[[Request], Awaitable[Resp
 
 async def read_body(request: Request, limit: int) -> bytes:
     """The body, refused with 413 as soon as it exceeds `limit` bytes (declared or actual)."""
-    too_large = ServiceError(413, Problem(f"request body exceeds {limit} bytes", code="too-costly"))
-    return await read_bounded(request.stream(), request.headers.get("content-length"), limit, too_large)
+    return await read_bounded(request.stream(), request.headers.get("content-length"), limit,
+                              lambda: ServiceError(413, Problem(f"request body exceeds {limit} bytes", code="too-costly")))
 
 
 def route_path(scope: Scope) -> str:
