@@ -145,34 +145,30 @@ def request_body() -> bytes:
 from service_harness import free_port
 
 
-class Server:
-    def __init__(self, tmp: Path, validation: bool, issuers: list[dict[str, Any]] | None = None) -> None:
+class ServerProcess:
+    """A server started here (its process tree measured from /proc); `start` waits until `ready_path` answers."""
+
+    def __init__(self, tmp: Path, name: str, cmd: list[str], env: dict[str, str], ready_path: str,
+                 min_pids: int = 1) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CCSVI_")}
-        env.update(CCSVI_DB_PATH=str(tmp / f"bench-{self.port}.sqlite3"), CCSVI_LOG_LEVEL="info",
-                   CCSVI_FHIR_VALIDATION="true" if validation else "false")
-        if issuers:
-            env["CCSVI_TRUSTED_ISSUERS"] = json.dumps(issuers)
-        self.log = open(tmp / f"service-{self.port}.log", "wb")  # noqa: SIM115 - lives as long as the server
-        cmd = [str(Path(sys.executable).parent / "ccsvi-cds"), "serve", "--port", str(self.port),
-               "--workers", str(WORKERS)]
-        self.proc = subprocess.Popen(cmd, env=env, stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT)
+        self.log = open(tmp / f"{name}-{self.port}.log", "wb")  # noqa: SIM115 - lives as long as the server
+        self.proc = subprocess.Popen([*cmd, "--port", str(self.port)], env=env, stdout=self.log,
+                                     stderr=subprocess.STDOUT, cwd=ROOT)
         deadline = time.monotonic() + 60
-        min_pids = 1 if WORKERS == 1 else WORKERS + 1  # one process, or a supervisor and its workers
         while time.monotonic() < deadline:
             try:
-                if httpx.get(self.url + "/health", timeout=1).status_code == 200 and len(self.pids()) >= min_pids:
+                if httpx.get(self.url + ready_path, timeout=1).status_code < 500 and len(self.pids()) >= min_pids:
                     return
             except httpx.HTTPError:
                 pass
             if self.proc.poll() is not None:
-                raise SystemExit("service exited during start-up; see its log")
+                raise SystemExit(f"{name} exited during start-up; see its log")
             time.sleep(0.2)
-        raise SystemExit("service did not start")
+        raise SystemExit(f"{name} did not start")
 
     def pids(self) -> list[int]:
-        """The uvicorn supervisor and its worker processes."""
+        """The server process and its children (uvicorn's workers) and grandchildren."""
         out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(self.proc.pid)], capture_output=True, text=True, check=False)
         children = [int(x) for x in out.stdout.split()]
         workers: list[int] = []
@@ -195,7 +191,7 @@ class Server:
         return out
 
     def cpu_s(self) -> float:
-        """User + system CPU seconds used so far by the service processes."""
+        """User + system CPU seconds used so far by the server's processes."""
         total = 0
         for pid in self.pids():
             try:
@@ -215,7 +211,21 @@ class Server:
         self.log.close()
 
 
-def wrk_run(wrk: str, server: Server, lua: Path, body: Path, rate: int | None, seconds: int,
+class Server(ServerProcess):
+    """`ccsvi-cds serve` with its own database; `workers` 1 is one process, more a supervisor and its workers."""
+
+    def __init__(self, tmp: Path, validation: bool, issuers: list[dict[str, Any]] | None = None,
+                 workers: int = WORKERS) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CCSVI_")}
+        env.update(CCSVI_DB_PATH=str(tmp / f"bench-{time.monotonic_ns()}.sqlite3"), CCSVI_LOG_LEVEL="info",
+                   CCSVI_FHIR_VALIDATION="true" if validation else "false")
+        if issuers:
+            env["CCSVI_TRUSTED_ISSUERS"] = json.dumps(issuers)
+        cmd = [str(Path(sys.executable).parent / "ccsvi-cds"), "serve", "--workers", str(workers)]
+        super().__init__(tmp, "service", cmd, env, "/health", min_pids=1 if workers == 1 else workers + 1)
+
+
+def wrk_run(wrk: str, server: ServerProcess, lua: Path, body: Path, rate: int | None, seconds: int,
             connections: int = CONNECTIONS, threads: int = 1, tokens: Path | None = None) -> dict[str, Any]:
     url = server.url
     load_before = os.getloadavg()[0]

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 import uuid
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 import service_payloads as p
 from cdshooks_checks import cards_of, expressions, outcome
@@ -77,6 +79,20 @@ def test_input_digest_identifies_the_evaluated_input(svc: Service) -> None:
         digest = dict(conn.execute("SELECT hook_instance, input_digest FROM decision WHERE hook_instance IN (?,?,?)",
                                    instances).fetchall())
     assert digest[instances[0]] == digest[instances[1]] != digest[instances[2]]
+
+
+def test_card_digest_is_the_sha256_of_the_card_bytes_the_ehr_received(svc: Service) -> None:
+    """Each card is sent as its canonical JSON (sorted keys), encoded once: an auditor checks a record's
+    card_digest against the response bytes as received, without re-encoding the card."""
+    resp = svc.post(SIGN, p.order_sign())
+    cards = cards_of(resp)
+    with db(svc) as conn:
+        stored = dict(conn.execute("SELECT card_uuid, card_digest FROM decision_card").fetchall())
+    assert cards
+    for card in cards:
+        sent = orjson.dumps(card, option=orjson.OPT_SORT_KEYS)
+        assert sent in resp.content
+        assert hashlib.sha256(sent).hexdigest() == stored[card["uuid"]]
 
 
 def test_batches_and_duplicates_inside_a_batch(svc: Service) -> None:

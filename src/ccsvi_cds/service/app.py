@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import orjson
 from starlette.applications import Starlette
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
@@ -104,8 +105,8 @@ def guarded(endpoint: Endpoint, name: str) -> Callable[[Request], Awaitable[Resp
 
 async def read_body(request: Request, limit: int) -> bytes:
     """The body, refused with 413 as soon as it exceeds `limit` bytes (declared or actual)."""
-    too_large = ServiceError(413, Problem(f"request body exceeds {limit} bytes", code="too-costly"))
-    return await read_bounded(request.stream(), request.headers.get("content-length"), limit, too_large)
+    return await read_bounded(request.stream(), request.headers.get("content-length"), limit,
+                              lambda: ServiceError(413, Problem(f"request body exceeds {limit} bytes", code="too-costly")))
 
 
 def route_path(scope: Scope) -> str:
@@ -145,7 +146,7 @@ async def invoke(request: Request, rt: Runtime) -> Response:
     data = parse_json(await read_body(request, rt.settings.max_body_bytes))
     body, info = await rt.hooks.handle(service, data)
     request.scope.setdefault("ccsvi.log", {}).update(info)
-    return json_response(body)
+    return Response(body, media_type=JSON)
 
 
 async def feedback(request: Request, rt: Runtime) -> Response:
@@ -227,9 +228,8 @@ class AccessLog:
             path = scope["path"] if status != 404 else "(no such route)"  # a client's made-up path may hold anything
             seconds = time.perf_counter() - start
             metrics.request_done(scope, status, seconds)
-            extra = {"method": scope["method"], "path": path, "status": status,
-                     "ms": round(seconds * 1000, 2), **scope.get("ccsvi.log", {})}
-            log.info("request", extra=extra)
+            logs.record("request", {"method": scope["method"], "path": path, "status": status,
+                                    "ms": round(seconds * 1000, 2), **scope.get("ccsvi.log", {})})
 
 
 class LoadShedder:
@@ -258,6 +258,28 @@ class LoadShedder:
             await self.app(scope, receive, send)
         finally:
             self.in_flight -= 1
+
+
+class Cors(CORSMiddleware):
+    """Starlette's CORS middleware with a short path for a request without Origin (an EHR's back end calling,
+    i.e. nearly every hook call): the only thing CORS does to its response is to add `Vary: Origin`, which is
+    appended here without parsing either side's headers; anything else goes the general way."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or any(name == b"origin" for name, _ in scope["headers"]):
+            await super().__call__(scope, receive, send)
+            return
+
+        async def vary(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = message.get("headers") or []
+                if any(name.lower() == b"vary" for name, _ in headers):  # merged by the general path
+                    await self.send(message, send, Headers(scope=scope))
+                    return
+                message["headers"] = [*headers, (b"vary", b"Origin")]
+            await send(message)
+
+        await self.app(scope, receive, vary)
 
 
 def create_app(settings: ServiceSettings | None = None) -> Starlette:
@@ -316,7 +338,7 @@ def create_app(settings: ServiceSettings | None = None) -> Starlette:
     middleware = [
         Middleware(AccessLog),
         Middleware(LoadShedder, limit=settings.max_in_flight),
-        Middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST", "OPTIONS"],
+        Middleware(Cors, allow_origins=settings.cors_origins, allow_methods=["GET", "POST", "OPTIONS"],
                    allow_headers=settings.cors_headers, max_age=600),
     ]
     app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan,

@@ -3,15 +3,17 @@ actual), so a hostile peer cannot make a worker buffer more than `limit` bytes."
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 
-async def read_bounded(chunks: AsyncIterator[bytes], declared: str | None, limit: int, too_large: Exception) -> bytes:
+async def read_bounded(chunks: AsyncIterator[bytes], declared: str | None, limit: int,
+                       too_large: Callable[[], Exception]) -> bytes:
+    """`too_large()` makes the error raised (built only then: every hook call reads its body here)."""
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise too_large
+        raise too_large()
     body = bytearray()
     async for chunk in chunks:
         body += chunk
         if len(body) > limit:
-            raise too_large
+            raise too_large()
     return bytes(body)

@@ -13,7 +13,7 @@ PACK_EXTENSION = "org.ccsvi-cds.rule-pack"
 
 
 def services_of(active: ActiveRules | None) -> dict[str, ServiceSpec]:
-    return {s.id: s for s in active.pack.manifest.services} if active is not None else {}
+    return active.services if active is not None else {}
 
 
 def _usage(searched: tuple[str, ...], by_reference: frozenset[str]) -> str:
@@ -34,7 +34,7 @@ def discovery_document(active: ActiveRules | None) -> dict[str, Any]:
             "title": service.title,
             "description": service.description,
             "id": service.id,
-            "prefetch": requirements.prefetch_templates(),
+            "prefetch": active.prefetch_templates,
             "usageRequirements": _usage(requirements.patient_searches, requirements.by_reference),
             "extension": {PACK_EXTENSION: active.identity},
         })

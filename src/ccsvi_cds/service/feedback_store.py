@@ -88,9 +88,14 @@ def _json(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
+def canonical(value: Any) -> bytes:
+    """The canonical JSON of `value` (sorted keys), the bytes `digest` hashes."""
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+
+
 def digest(value: Any) -> str:
     """sha256 of the canonical JSON (sorted keys) of `value`."""
-    return hashlib.sha256(orjson.dumps(value, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    return hashlib.sha256(canonical(value)).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -231,20 +236,21 @@ class Store:
         db = self._decisions
         db.execute("BEGIN IMMEDIATE")
         try:
+            now = _now()  # one transaction, one instant
             for rec in recs:
-                self._insert_decision(db, rec)
+                self._insert_decision(db, rec, now)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
 
     @staticmethod
-    def _insert_decision(db: sqlite3.Connection, rec: DecisionRecord) -> None:
+    def _insert_decision(db: sqlite3.Connection, rec: DecisionRecord, now: str) -> None:
         cur = db.execute(
             "INSERT INTO decision (hook_instance, service_id, hook, created_at, patient_id, user_id,"
             " encounter_id, order_refs, input_digest, pack_name, pack_version, pack_digest, issue_paths)"
             " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (rec.hook_instance, rec.service_id, rec.hook, _now(), rec.patient_id, rec.user_id,
+            (rec.hook_instance, rec.service_id, rec.hook, now, rec.patient_id, rec.user_id,
              rec.encounter_id, _json(rec.order_refs), rec.input_digest, rec.pack["name"],
              rec.pack["version"], rec.pack["digest"], _json(rec.issue_paths)),
         )

@@ -181,7 +181,7 @@ class FhirReader:
                     return None
                 if resp.status_code != 200:
                     raise DataUnavailable(f"{what}: FHIR server answered HTTP {resp.status_code}")
-                body = await read_bounded(resp.aiter_bytes(), None, MAX_RESPONSE_BYTES, DataUnavailable(
+                body = await read_bounded(resp.aiter_bytes(), None, MAX_RESPONSE_BYTES, lambda: DataUnavailable(
                     f"{what}: FHIR server response exceeds {MAX_RESPONSE_BYTES} bytes"))
         except httpx.TimeoutException:
             raise DataUnavailable(f"{what}: FHIR server did not answer within {self._timeout:g} s") from None

@@ -8,7 +8,7 @@ from ccsvi_cds.facts.records import draft_order_keys, resolve_selections
 from ccsvi_cds.rulepack.model import ServiceSpec
 
 from . import metrics
-from .cards import finalize
+from .cards import finalize, response_body
 from .errors import Problem, ServiceError
 from .feedback_store import DecisionRecord, Store, digest
 from .models import HookRequest, OrderContext, validate
@@ -25,8 +25,8 @@ class HookHandler:
         self._store = store
         self._completer = completer
 
-    async def handle(self, service: ServiceSpec, data: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-        """(response body, log fields: ids and counts only) for the request JSON `data`."""
+    async def handle(self, service: ServiceSpec, data: Any) -> tuple[bytes, dict[str, Any]]:
+        """(response body (JSON), log fields: ids and counts only) for the request JSON `data`."""
         req: HookRequest = validate(HookRequest, data)
         info: dict[str, Any] = {"service": service.id, "hookInstance": req.hookInstance}
         if req.hook != service.hook:
@@ -52,7 +52,7 @@ class HookHandler:
         elif "selections" in raw_context:  # ignored by order-sign: kept out of the input digest
             raw_context = {k: v for k, v in raw_context.items() if k != "selections"}
         active = self._rules.current  # one read: the pack that evaluates is the pack that is recorded
-        prefetch, read = await self._completer.complete(req, context, active.evaluator, raw_context)
+        prefetch, read = await self._completer.complete(req, context, active, raw_context)
         normalized = {"hook": req.hook, "context": raw_context, "prefetch": prefetch}
         try:  # the digest of what was evaluated: the same clinical input gives the same digest
             input_digest = digest(normalized)
@@ -74,4 +74,4 @@ class HookHandler:
         ))
         info.update(cards=len(cards), rules=[r.rule_id for r in records], issues=len(result.issues),
                     orders=result.orders_evaluated, cardErrors=len(result.card_errors))
-        return {"cards": cards}, info
+        return response_body(cards), info

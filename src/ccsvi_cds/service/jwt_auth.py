@@ -108,7 +108,9 @@ class JwksCache:
         src.keys, src.fetched_at = keys, time.monotonic()
 
     async def _download(self, url: str) -> bytes:
-        too_large = unauthorized(f"the issuer's JWKS exceeds {MAX_JWKS_BYTES} bytes")
+        def too_large() -> Exception:
+            return unauthorized(f"the issuer's JWKS exceeds {MAX_JWKS_BYTES} bytes")
+
         try:
             async with self._client.stream("GET", url, timeout=self._timeout, headers=JWKS_HEADERS) as resp:
                 if resp.status_code != 200:

@@ -8,6 +8,7 @@ import logging
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from typing import TextIO
 
 import orjson
@@ -22,16 +23,41 @@ _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        out: dict[str, object] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": clip(record.getMessage()),
-        }
-        for key, value in vars(record).items():
-            if key not in _STANDARD and not key.startswith("_"):
-                out[key] = bounded(value)
-        return orjson.dumps(out, default=str).decode()
+        return json_line(record.created, record.levelname.lower(), record.name, record.getMessage(), vars(record))
+
+
+_second: tuple[int, str] = (-1, "")  # the last whole second formatted, and its text
+
+
+def json_line(created: float, level: str, logger: str, msg: str, fields: Mapping[str, object]) -> str:
+    """One log line: ts, level, logger, msg, then the caller's fields (LogRecord attributes left out)."""
+    global _second
+    whole, second = int(created), _second  # one read: other threads log too
+    if second[0] != whole:  # strftime once per second, not per line
+        second = _second = (whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)))
+    out: dict[str, object] = {
+        "ts": f"{second[1]}.{int((created - whole) * 1000):03d}Z",
+        "level": level,
+        "logger": logger,
+        "msg": clip(msg),
+    }
+    for key, value in fields.items():
+        if key not in _STANDARD and not key.startswith("_"):
+            out[key] = bounded(value)
+    return orjson.dumps(out, default=str).decode()
+
+
+def record(msg: str, fields: dict[str, object]) -> None:
+    """`log.info(msg, extra=fields)`. When the service's own handler (see `setup`) is the only one of its
+    logger, the line is formatted straight from `fields`: building a LogRecord (caller lookup, thread and
+    process names) cost more than the line itself, on every request. Anywhere else (an embedding host's
+    handlers, pytest's caplog) it is an ordinary log record."""
+    handler = _handler
+    if handler is not None and log.handlers == [handler] and not log.filters and not handler.filters \
+            and handler.level <= logging.INFO and log.isEnabledFor(logging.INFO):
+        handler.add(json_line(time.time(), "info", LOGGER_NAME, msg, fields))
+    else:
+        log.info(msg, extra=fields)
 
 
 def clip(text: str, limit: int = MAX_VALUE_CHARS) -> str:
@@ -79,6 +105,10 @@ class BufferedHandler(logging.Handler):
             return
         if record.levelno >= logging.ERROR:
             self.flush()
+
+    def add(self, line: str) -> None:
+        """A line already formatted (below ERROR: written with the next batch)."""
+        self._lines.append(line)
 
     def flush(self) -> None:
         with self._write_lock:

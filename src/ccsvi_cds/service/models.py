@@ -27,6 +27,13 @@ class _Open(BaseModel):
     model_config = ConfigDict(extra="allow")
 
 
+class _Shape(BaseModel):
+    """Checks the shape of what the service reads as raw JSON (the draft orders): unknown fields are allowed
+    but not copied into the model, which nothing reads (a FHIR resource has many)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
 class FhirAuthorization(_Open):
     access_token: str = NonEmpty
     token_type: str = "Bearer"
@@ -79,16 +86,16 @@ class HookRequest(_Open):
         return value
 
 
-class Resource(_Open):
+class Resource(_Shape):
     resourceType: str = NonEmpty
     id: str | None = None
 
 
-class BundleEntry(_Open):
+class BundleEntry(_Shape):
     resource: Resource
 
 
-class Bundle(_Open):
+class Bundle(_Shape):
     resourceType: Literal["Bundle"]
     entry: list[BundleEntry] = Field(default_factory=list)
 

@@ -29,7 +29,7 @@ from .models import HookRequest, OrderContext
 from .settings import ServiceSettings
 
 if TYPE_CHECKING:
-    from ccsvi_cds.evaluate import Evaluator
+    from .state import ActiveRules
 
 REFERENCED_KEY = "referenced"  # filled by the service itself with what it read by reference, never a template
 
@@ -62,7 +62,7 @@ class PrefetchCompleter:
         return FhirReader(self._client, req.fhirServer, token, s.fhir_timeout_s, s.fhir_max_pages,
                           s.fhir_max_entries)
 
-    async def complete(self, req: HookRequest, context: OrderContext, evaluator: Evaluator,
+    async def complete(self, req: HookRequest, context: OrderContext, active: ActiveRules,
                        raw_context: dict[str, Any]) -> tuple[dict[str, Any], Records]:
         """The prefetch dict with every template key present and complete (plus what was read by reference),
         and the request's records read from it (so the evaluation does not read them again)."""
@@ -71,7 +71,8 @@ class PrefetchCompleter:
         to_fetch: dict[str, str] = {}  # key -> relative query
         to_follow: dict[str, dict[str, Any]] = {}  # key -> first page with a next link
         next_links: dict[str, str] = {}
-        for key, template in evaluator.requirements.prefetch_templates().items():
+        evaluator = active.evaluator
+        for key, template in active.prefetch_templates.items():
             value = sent.get(key, _MISSING)
             if value is _MISSING or (value is None and self._settings.refetch_null_prefetch):
                 to_fetch[key] = render(template, context)

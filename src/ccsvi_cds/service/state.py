@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from ccsvi_cds.evaluate import Evaluator
     from ccsvi_cds.rulepack import RulePack
+    from ccsvi_cds.rulepack.model import ServiceSpec
 
 log = logging.getLogger("ccsvi_cds.service")
 
@@ -38,6 +39,16 @@ class ActiveRules:
             "digest": str(self.pack.digest),
             "loadedAt": self.loaded_at.isoformat(timespec="seconds"),
         }
+
+    @cached_property
+    def services(self) -> dict[str, ServiceSpec]:
+        """The pack's CDS services by id (looked up on every hook call: built once per pack)."""
+        return {s.id: s for s in self.pack.manifest.services}
+
+    @cached_property
+    def prefetch_templates(self) -> dict[str, str]:
+        """The prefetch templates of every service (read on every hook call: derived once per pack)."""
+        return self.evaluator.requirements.prefetch_templates()
 
 
 class RuleState:
