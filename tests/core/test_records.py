@@ -12,7 +12,7 @@ from builders import ROOT, STUDY_EXT, condition, order, patient
 from ccsvi_cds.authoring.lint import lint_pack
 from ccsvi_cds.evaluate import Evaluator
 from ccsvi_cds.facts.issues import IssueKind
-from ccsvi_cds.facts.records import read_records, request_targets, resolve_selections
+from ccsvi_cds.facts.records import flatten, read_records, request_targets, resolve_selections
 from ccsvi_cds.facts.references import RefForm, read_reference
 from ccsvi_cds.facts.requirements import data_requirements
 from ccsvi_cds.rulepack import PackError, load_pack
@@ -163,3 +163,21 @@ def test_renaming_a_subtype_leaves_rules_that_name_it_unreachable(tmp_path: Path
     assert {Path(p.file).name for p in found} == {"venous-angioplasty-ms.yaml", "venous-stent-ms.yaml"}
     for p in found:
         assert "patient.ms_subtype == 'progressive'" in Path(p.file).read_text().splitlines()[p.line - 1]
+
+
+def test_reading_a_request_leaves_nothing_for_the_garbage_collector() -> None:
+    """The service reads every request here: objects caught in reference cycles wait for the collector's
+    pauses (a nested recursive closure is such a cycle on every call)."""
+    import gc
+
+    bundle = {"resourceType": "Bundle", "entry": [{"fullUrl": "urn:uuid:1", "resource": {"resourceType": "Patient"}},
+                                                  {"resource": {"resourceType": "Condition", "id": "c1"}}]}
+    flatten([bundle])  # warm: first calls may create lasting objects
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(20):
+            flatten([bundle, {"resourceType": "Patient", "id": "p1"}])
+        assert gc.collect() == 0
+    finally:
+        gc.enable()

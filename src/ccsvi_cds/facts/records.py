@@ -103,27 +103,30 @@ PATIENT_ELEMENT_TYPES = frozenset({"ServiceRequest", "Condition", "Procedure"})
 PATIENT_KEYED_TYPES = PATIENT_ELEMENT_TYPES | {"ResearchSubject", "Patient"}
 
 
-def flatten(items: Iterable[Item], origin: str = "resources") -> tuple[list[Located], dict[str, str], list[Issue]]:
-    """Open Bundles (recursively) into located resources; map fullUrls to "Type/id"."""
-    out: list[Located] = []
-    aliases: dict[str, str] = {}
-    issues: list[Issue] = []
+@dataclass
+class _Visit:
+    """Walks one item of `flatten` into `out`, `aliases` and `issues`."""
 
-    def visit(resource: Any, path: str, source: object) -> None:
+    out: list[Located]
+    aliases: dict[str, str]
+    issues: list[Issue]
+
+    def __call__(self, resource: Any, path: str, source: object) -> None:
         if not isinstance(resource, dict):
-            issues.append(Issue(path, "expected a FHIR resource (a JSON object)", IssueKind.NOT_A_RESOURCE, source))
+            self.issues.append(Issue(path, "expected a FHIR resource (a JSON object)", IssueKind.NOT_A_RESOURCE,
+                                     source))
             return
         if resource.get("resourceType") != "Bundle":
-            out.append(Located(path, resource, source))
+            self.out.append(Located(path, resource, source))
             return
         entries = resource.get("entry") or []
         if not isinstance(entries, list):
-            issues.append(Issue(f"{path}.entry", "expected a list", IssueKind.MALFORMED, source))
+            self.issues.append(Issue(f"{path}.entry", "expected a list", IssueKind.MALFORMED, source))
             return
         for j, entry in enumerate(entries):
             epath = f"{path}.entry[{j}]"
             if not isinstance(entry, dict) or not isinstance(entry.get("resource"), dict):
-                issues.append(Issue(epath, "entry without a resource object", IssueKind.NOT_A_RESOURCE, source))
+                self.issues.append(Issue(epath, "entry without a resource object", IssueKind.NOT_A_RESOURCE, source))
                 continue
             inner = entry["resource"]
             full_url = entry.get("fullUrl")
@@ -132,9 +135,16 @@ def flatten(items: Iterable[Item], origin: str = "resources") -> tuple[list[Loca
                 if not rid and (rid := id_from_full_url(full_url)):
                     inner = {**inner, "id": rid}
                 if rid:
-                    aliases[full_url] = f"{inner['resourceType']}/{rid}"
-            visit(inner, f"{epath}.resource", source)
+                    self.aliases[full_url] = f"{inner['resourceType']}/{rid}"
+            self(inner, f"{epath}.resource", source)
 
+
+def flatten(items: Iterable[Item], origin: str = "resources") -> tuple[list[Located], dict[str, str], list[Issue]]:
+    """Open Bundles (recursively) into located resources; map fullUrls to "Type/id"."""
+    out: list[Located] = []
+    aliases: dict[str, str] = {}
+    issues: list[Issue] = []
+    visit = _Visit(out, aliases, issues)  # not a nested recursive closure: that is a reference cycle per call
     for i, item in enumerate(items):
         if isinstance(item, Located):
             visit(item.resource, item.path, item.source)
