@@ -70,9 +70,7 @@ _CFG: _Config | None = None
 _EVALUATOR: Evaluator | None = None
 _SIDE: SideTables | None = None
 _OFFSETS: dict[int, int] | None = None
-_WANTED: frozenset[bytes] | None = None  # patient keys to join (phase 2), from every read task's screening
-_WANTED_KEYS: frozenset[str] | None = None  # the same (phase 1b)
-_WANTED_IDS: frozenset[bytes] | None = None  # their patient ids, as raw NDJSON spells them (phase 1b)
+_WANTED: Wanted | None = None  # the patients to join (phases 1b and 2), from every read task's screening
 _PARENT_PACK: RulePack | None = None  # the RulePack the parent loaded; workers inherit it through fork
 
 
@@ -95,10 +93,10 @@ def _die_with_parent(parent: int) -> None:
 
 
 def _init(cfg: _Config) -> None:
-    global _CFG, _EVALUATOR, _SIDE, _OFFSETS, _WANTED, _WANTED_KEYS, _WANTED_IDS
+    global _CFG, _EVALUATOR, _SIDE, _OFFSETS, _WANTED
     _die_with_parent(cfg.parent_pid)
     _CFG, _EVALUATOR, _SIDE, _OFFSETS = cfg, None, None, None
-    _WANTED = _WANTED_KEYS = _WANTED_IDS = None
+    _WANTED = None
 
 
 def worker_evaluator(cfg: _Config) -> Evaluator:
@@ -212,15 +210,30 @@ def _drop(row: Row) -> None:
     return None
 
 
+@dataclass(frozen=True)
+class Wanted:
+    """The patients to join, in the spellings each phase looks them up by."""
+
+    keys: frozenset[str]  # "Patient/<id>" (gather: a classified row's key)
+    raw_keys: frozenset[bytes]  # the same as bytes (phase 2: a spilled line's first field)
+    ids: frozenset[bytes]  # "<id>" (gather: as raw NDJSON mentions them)
+
+
+def _wanted(cfg: _Config) -> Wanted:
+    """This worker's copy of the parent's wanted.txt, read once."""
+    global _WANTED
+    if _WANTED is None:
+        keys = frozenset((cfg.spill_dir / "wanted.txt").read_text().split())
+        _WANTED = Wanted(keys, frozenset(k.encode() for k in keys), patient_ids(keys))
+    return _WANTED
+
+
 def _gather(task_index: int, task: ReadTask) -> None:
     """Phase 1b for one NDJSON task: spill the rows of the patients to join."""
-    global _WANTED_KEYS, _WANTED_IDS
     assert _CFG is not None
-    if _WANTED_KEYS is None or _WANTED_IDS is None:
-        _WANTED_KEYS = frozenset((_CFG.spill_dir / "wanted.txt").read_text().split())
-        _WANTED_IDS = patient_ids(_WANTED_KEYS)
+    wanted = _wanted(_CFG)
     writer = SpillWriter(_CFG.spill_dir, _CFG.n_shards, task_index)
-    gather(_CFG.files, task, _CFG.routing, _WANTED_KEYS, _WANTED_IDS, writer.add)
+    gather(_CFG.files, task, _CFG.routing, wanted.keys, wanted.ids, writer.add)
     writer.flush()
 
 
@@ -244,21 +257,19 @@ class ShardResult:
 
 
 def _evaluate_shard(shard: int) -> ShardResult:
-    global _SIDE, _OFFSETS, _WANTED
+    global _SIDE, _OFFSETS
     assert _CFG is not None
     if _SIDE is None:
         _SIDE = SideTables.from_json((_CFG.spill_dir / "side.json").read_bytes())
     if _OFFSETS is None:
         _OFFSETS = {int(k): v for k, v in orjson.loads((_CFG.spill_dir / "lines.json").read_bytes()).items()}
-    if _WANTED is None:
-        _WANTED = frozenset((_CFG.spill_dir / "wanted.txt").read_bytes().split())
     ev = worker_evaluator(_CFG)
     paths = [f.path for f in _CFG.files]
     data = b"".join(p.read_bytes() for p in shard_files(_CFG.spill_dir, shard))
     findings: list[tuple[str, bytes]] = []
     errors: list[tuple[str, bytes]] = []
     correction = 0
-    for key, rows in group_shard(data, _WANTED, _OFFSETS):
+    for key, rows in group_shard(data, _wanted(_CFG).raw_keys, _OFFSETS):
         res = evaluate_patient_or_report(key, rows, _SIDE, ev, paths)
         findings += res.findings
         errors += res.errors
