@@ -14,6 +14,7 @@ import copy
 import json
 import sys
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,7 @@ from ccsvi_cds.audit.run import AuditOptions, run_audit
 from ccsvi_cds.authoring.cases import load_cases
 from ccsvi_cds.authoring.diff import collect, decide
 from ccsvi_cds.check_cli import check
-from ccsvi_cds.evaluate import Evaluator
+from ccsvi_cds.evaluate import Evaluator, OrderScreen
 from ccsvi_cds.facts.records import flatten, is_hook_request, patient_of, request_items
 from ccsvi_cds.facts.references import rewrite_references
 from ccsvi_cds.rulepack import RulePack, load_pack
@@ -104,6 +105,21 @@ def test_scenarios_cover_every_rule_firing_and_silent(evaluator: Evaluator) -> N
     fired = {d[0] for s in SCENARIOS for d in reference(evaluator, s)}
     assert fired == {r.id for r in evaluator.pack.rules}
     assert any(not reference(evaluator, s) for s in SCENARIOS)
+
+
+def test_every_order_with_a_finding_passes_the_audits_screen(evaluator: Evaluator) -> None:
+    """The audit joins only patients with an order the screen passes: a finding on any other would be lost."""
+    verdicts: Counter[OrderScreen] = Counter()
+    for scenario in SCENARIOS:
+        items = request_items(scenario.data) if scenario.is_request else \
+            [scenario.data] if isinstance(scenario.data, dict) else scenario.data
+        located, _, _ = flatten(items)
+        orders = {f"ServiceRequest/{it.resource.get('id')}": it.resource for it in located
+                  if it.resource.get("resourceType") == "ServiceRequest"}
+        verdicts.update(evaluator.screen(r) for r in orders.values())
+        for decision in reference(evaluator, scenario):
+            assert evaluator.screen(orders[decision[2]]) is OrderScreen.CANDIDATE, (scenario.name, decision)
+    assert verdicts[OrderScreen.NO_RULE] > 5 and verdicts[OrderScreen.CANDIDATE] > 40  # it does filter
 
 
 # ----------------------------------------------------------------------------------------------- check
