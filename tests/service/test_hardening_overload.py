@@ -19,7 +19,7 @@ from service_harness import GOOD_TOKEN, FakeFhir, Service
 
 SIGN = "/cds-services/ccsvi-order-sign"
 LIMITS = {"CCSVI_MAX_IN_FLIGHT": "4", "CCSVI_MAX_HEADER_BYTES": "8192", "CCSVI_MAX_HEADERS": "50",
-          "CCSVI_HEADER_TIMEOUT_S": "1", "CCSVI_KEEPALIVE_TIMEOUT_S": "1"}
+          "CCSVI_HEADER_TIMEOUT_S": "1", "CCSVI_KEEPALIVE_TIMEOUT_S": "1", "CCSVI_BODY_TIMEOUT_S": "1"}
 
 
 @pytest.fixture(scope="module")
@@ -121,6 +121,23 @@ def test_connections_that_never_finish_their_headers_are_closed(svc: Service) ->
         with sock:
             closed += answer(sock) == b""  # closed by the server (recv gives EOF) well before the 10 s timeout
     assert closed == 40
+
+
+def test_a_body_that_trickles_in_gets_408_and_the_connection_is_closed(svc: Service) -> None:
+    """A slow-body client (the head complete, the body sent a few bytes at a time, never finished) must not
+    hold a request slot: after body_timeout_s it gets an OperationOutcome with 408 and the connection closes."""
+    body = json.dumps(p.order_sign()).encode()
+    head = (f"POST {SIGN} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode()
+    with connect(svc) as sock:
+        sock.sendall(head + body[:10])
+        start = time.monotonic()
+        sock.sendall(body[10:20])  # some more, but never the rest
+        reply = answer(sock)
+        waited = time.monotonic() - start
+    assert reply.startswith(b"HTTP/1.1 408"), reply[:200]
+    assert b'"code":"timeout"' in reply and 0.8 < waited < 8
+    assert svc.client.get("/health").status_code == 200  # and the worker serves on
 
 
 def test_an_idle_keep_alive_connection_is_closed(svc: Service) -> None:

@@ -103,10 +103,19 @@ def guarded(endpoint: Endpoint, name: str) -> Callable[[Request], Awaitable[Resp
     return run
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The body, refused with 413 as soon as it exceeds `limit` bytes (declared or actual)."""
-    return await read_bounded(request.stream(), request.headers.get("content-length"), limit,
-                              lambda: ServiceError(413, Problem(f"request body exceeds {limit} bytes", code="too-costly")))
+async def read_body(request: Request, settings: ServiceSettings) -> bytes:
+    """The body, refused with 413 as soon as it exceeds `max_body_bytes` (declared or actual), and with 408
+    (connection closed) if it has not all arrived `body_timeout_s` after the head: a client that trickles its
+    body must not hold a worker's request slot (the head has its own timeout, http_guard.py)."""
+    limit, seconds = settings.max_body_bytes, settings.body_timeout_s
+    try:
+        async with asyncio.timeout(seconds):
+            return await read_bounded(request.stream(), request.headers.get("content-length"), limit,
+                                      lambda: ServiceError(413, Problem(f"request body exceeds {limit} bytes",
+                                                                        code="too-costly")))
+    except TimeoutError:
+        raise ServiceError(408, Problem(f"the request body did not arrive within {seconds:g} s", code="timeout"),
+                           headers={"Connection": "close"}) from None
 
 
 def route_path(scope: Scope) -> str:
@@ -143,7 +152,7 @@ async def discovery(request: Request, rt: Runtime) -> Response:
 async def invoke(request: Request, rt: Runtime) -> Response:
     service = _service(request, rt)
     await authenticate(request, rt)
-    data = parse_json(await read_body(request, rt.settings.max_body_bytes))
+    data = parse_json(await read_body(request, rt.settings))
     body, info = await rt.hooks.handle(service, data)
     request.scope.setdefault("ccsvi.log", {}).update(info)
     return Response(body, media_type=JSON)
@@ -152,7 +161,7 @@ async def invoke(request: Request, rt: Runtime) -> Response:
 async def feedback(request: Request, rt: Runtime) -> Response:
     service_id = _service(request, rt).id
     await authenticate(request, rt)
-    data = parse_json(await read_body(request, rt.settings.max_body_bytes))
+    data = parse_json(await read_body(request, rt.settings))
     items = validate(FeedbackRequest, data).feedback
     await asyncio.to_thread(rt.store.flush)  # decisions still queued in this worker are visible for linking
     result = await asyncio.to_thread(rt.store.record_feedback, service_id, items)

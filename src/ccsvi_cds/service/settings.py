@@ -116,6 +116,8 @@ class ServiceSettings(BaseSettings):
     max_headers: int = Field(default=100, ge=8)
     header_timeout_s: float = Field(default=10.0, gt=0, le=300)
     """A connection that has not sent a complete request head this long after it began is closed."""
+    body_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    """A request body not complete this long after its head gets 408 and the connection is closed."""
     keepalive_timeout_s: int = Field(default=5, ge=1, le=600)
     """An idle keep-alive connection is closed after this many seconds."""
     cors_origins: StrList = Field(default_factory=lambda: ["*"])
