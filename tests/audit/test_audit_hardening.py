@@ -405,6 +405,7 @@ def test_progress_shows_counts_rate_and_time_left_on_a_terminal_only(tmp_path: P
     rc, stdout, terminal = _run_with_stderr_on_a_terminal([*args, "--out", str(tmp_path / "tty")])
     assert rc == 0, terminal
     assert "read" in terminal and "evaluate" in terminal
+    assert "gather" in terminal and "tasks read again" in terminal and "shards" in terminal
     assert " resources" in terminal and "/s" in terminal and "eta" in terminal  # counts, rate, time left
     assert len(stdout.strip().splitlines()) == 1
     quiet = subprocess.run([sys.executable, "-m", "ccsvi_cds", *args, "--out", str(tmp_path / "pipe")],

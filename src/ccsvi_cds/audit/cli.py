@@ -27,7 +27,7 @@ def _terminate(signum: int, frame: object) -> None:
 
 def _progress_bar() -> tuple[Callable[[], None] | None, Callable[[str, int, int, int], None] | None]:
     """On a terminal (stderr), rich progress: bytes and resources read, rate and time remaining, then the
-    shards evaluated. Nothing when output is redirected (CI, cron): the one summary line says it all."""
+    tasks read again for the patients to join, then the shards evaluated. Nothing when output is redirected (CI, cron): the one summary line says it all."""
     if not sys.stderr.isatty():
         return None, None
     from rich.console import Console
@@ -49,8 +49,9 @@ def _progress_bar() -> tuple[Callable[[], None] | None, Callable[[str, int, int,
                     TransferSpeedColumn(), TextColumn("{task.fields[resources]:>12,} resources"),
                     TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=console)
     evaluate = Progress(TextColumn("{task.description:<9}"), BarColumn(), TaskProgressColumn(),
-                        MofNCompleteColumn(), TextColumn("shards"), TimeElapsedColumn(), TextColumn("eta"),
-                        TimeRemainingColumn(), console=console)
+                        MofNCompleteColumn(), TextColumn("{task.fields[unit]}"), TimeElapsedColumn(),
+                        TextColumn("eta"), TimeRemainingColumn(), console=console)
+    units = {"gather": "tasks read again", "evaluate": "shards"}
     tasks: dict[str, TaskID] = {}
     resources: Counter[str] = Counter()
     live: list[Progress] = []
@@ -62,7 +63,7 @@ def _progress_bar() -> tuple[Callable[[], None] | None, Callable[[str, int, int,
                 live.pop().stop()
             prog.start()
             live.append(prog)
-            tasks[phase] = prog.add_task(phase, total=total, resources=0)
+            tasks[phase] = prog.add_task(phase, total=total, resources=0, unit=units.get(phase, ""))
         resources[phase] += read_now
         prog.update(tasks[phase], advance=advance, resources=resources[phase])
 

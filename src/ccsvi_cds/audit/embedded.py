@@ -368,8 +368,9 @@ def run_embedded(files: Sequence[InputFile], tasks: Iterable[ReadTask], rules_di
         (spill_dir / "wanted.txt").write_bytes("\n".join(sorted(wanted)).encode())
         result.patients = len(wanted)
         if wanted:  # phase 1b: the rows of the patients to join, from the NDJSON tasks
-            _drain(pool, [(_gather, (i, t)) for i, t, _ in sorted(read, key=lambda r: r[0])
-                          if files[t.file_index].kind == "ndjson" and i in joined_tasks], lambda _: None, workers * 4)
+            again = [(_gather, (i, t)) for i, t, _ in sorted(read, key=lambda r: r[0])
+                     if files[t.file_index].kind == "ndjson" and i in joined_tasks]
+            _drain(pool, again, lambda _: tick("gather", 1, len(again), 0), workers * 4)
         del side_rows[:]
         for task_index, bad in bad_files:
             part = _number_bad_records(bad, offsets[task_index], paths, parts_dir / f"read-{task_index:06d}.errors")
