@@ -6,7 +6,6 @@ keeps the others, so one broken template never costs the clinician every other w
 
 from __future__ import annotations
 
-import hashlib
 import uuid
 from collections.abc import Mapping
 from typing import Any
@@ -57,21 +56,10 @@ def render_error(rule_id: str, exc: Exception) -> CardRenderError:
     return CardRenderError(rule_id, f"{where}: {what}", line)
 
 
-def uuid_text(raw: bytes, version: int) -> str:
-    """`str(uuid.UUID(bytes=raw[:16], version=version))` without building the UUID object, which cost more
-    than the hash itself (this runs for every card and suggestion answered)."""
-    b = bytearray(raw[:16])
-    b[6] = (b[6] & 0x0F) | (version << 4)
-    b[8] = (b[8] & 0x3F) | 0x80  # RFC 4122 variant
-    h = b.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
-
-
 def suggestion_uuid(pack_name: str, rule_id: str, order_ref: str, index: int) -> str:
     """Stable across calls so that feedback on a suggestion can be traced back to it: uuid5 (RFC 4122: sha1 of
     the namespace and the name) of pack, rule, order and suggestion index."""
-    name = f"{pack_name}|{rule_id}|{order_ref}|{index}".encode()
-    return uuid_text(hashlib.sha1(_NAMESPACE.bytes + name, usedforsecurity=False).digest(), 5)
+    return str(uuid.uuid5(_NAMESPACE, f"{pack_name}|{rule_id}|{order_ref}|{index}"))
 
 
 class CardBuilder:

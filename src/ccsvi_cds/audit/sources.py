@@ -381,34 +381,14 @@ def read_task(files: Sequence[InputFile], task: ReadTask, keep: frozenset[str] |
 
 def _iter_lines(f: InputFile, task: ReadTask, unterminated: list[bool]) -> Iterator[bytes]:
     """The task's lines; a last line without a line end sets ``unterminated`` before it is yielded."""
-    with _open(f.path, f.gzip) as fh:
-        if f.gzip:
-            # Small reads: on a truncated stream, everything up to the cut is still returned; the partial
-            # last line is dropped and the truncation reported (EOFError) by the caller.
-            buf = b""
-            while block := fh.read(1 << 16):
-                parts = (buf + block).split(b"\n")
-                buf = parts.pop()
-                yield from parts
-            if buf:
-                unterminated.append(True)
-                yield buf
-            return
-        fh.seek(task.start)
-        remaining = (task.end - task.start) if task.end >= 0 else None
-        buf = b""
-        while remaining is None or remaining > 0:
-            block = fh.read(_BLOCK if remaining is None else min(_BLOCK, remaining))
-            if not block:
-                break
-            if remaining is not None:
-                remaining -= len(block)
-            parts = (buf + block).split(b"\n") if buf else block.split(b"\n")
-            buf = parts.pop()
-            yield from parts
-        if buf:
+    for block in _iter_blocks(f, task):
+        if block[-1:] == b"\n":
+            lines = block.split(b"\n")
+            lines.pop()  # the empty string after the block's last line end
+            yield from lines
+        else:  # the file's last line, without a line end
             unterminated.append(True)
-            yield buf
+            yield block
 
 
 def _bad_json(exc: Exception) -> str:
@@ -512,7 +492,7 @@ def _read_ndjson(f: InputFile, task: ReadTask, keep: frozenset[str] | None,
 # differently, and a Bundle's entries refer to each other by fullUrl: lines with those are always read.
 _PATIENT_REFERENCE = re.compile(rb"Patient/([A-Za-z0-9\-.]{1,64})")
 _ID_VALUE = re.compile(rb'"id"\s*:\s*"([A-Za-z0-9\-.]{1,64})"')
-_ESCAPES_READ = (b"/", b"u")  # after a backslash: \/ and \uXXXX can spell "Patient/" or an id's characters
+_ESCAPES_READ = (b"/", b"u")  # after a backslash: "\/" and a "\u" escape can spell "Patient/" or an id's characters
 _BUNDLE = b'"Bundle"'
 
 
@@ -521,7 +501,13 @@ def read_mentioning(files: Sequence[InputFile], task: ReadTask, ids: frozenset[b
     them: a necessary condition for the record to belong to one of those patients, found by scanning whole
     blocks, so the other lines are never parsed. Line numbers are as ``read_task`` gives them. What cannot be
     read is skipped without a word: the first reading of the task reported it."""
-    f = files[task.file_index]
+    try:
+        yield from _mentioning(files[task.file_index], task, ids)
+    except (OSError, EOFError, zlib.error):
+        return  # reported by the first reading, which did not read past the fault either
+
+
+def _mentioning(f: InputFile, task: ReadTask, ids: frozenset[bytes]) -> Iterator[Record]:
     line_no = (task.first_line or 1) - 1
     for block in _iter_blocks(f, task):
         starts = {block.rfind(b"\n", 0, m.start()) + 1 for pattern in (_PATIENT_REFERENCE, _ID_VALUE)
@@ -559,8 +545,9 @@ def _line_records(line: bytes, idx: int, line_no: int) -> Iterator[Record]:
 
 
 def _iter_blocks(f: InputFile, task: ReadTask) -> Iterator[bytes]:
-    """The task's bytes in blocks of whole lines (the last one may lack its line end). A gzip file is read in
-    small steps, as ``_iter_lines`` does: if it is cut short, what came before the cut is still read."""
+    """The task's bytes in blocks of whole lines, then the file's last line if it lacks its line end. A gzip
+    file is read in small steps: if it is cut short, everything up to the cut is still returned, the partial
+    last line is dropped and the error (EOFError, zlib.error) raised to the caller, who reports it."""
     step = 1 << 16 if f.gzip else _BLOCK
     with _open(f.path, f.gzip) as fh:
         remaining = None
@@ -569,10 +556,7 @@ def _iter_blocks(f: InputFile, task: ReadTask) -> Iterator[bytes]:
             remaining = (task.end - task.start) if task.end >= 0 else None
         rest = b""
         while remaining is None or remaining > 0:
-            try:
-                block = fh.read(step if remaining is None else min(step, remaining))
-            except (OSError, EOFError, zlib.error):
-                return  # reported by the first reading, which did not read the line cut short either
+            block = fh.read(step if remaining is None else min(step, remaining))
             if not block:
                 break
             if remaining is not None:

@@ -27,6 +27,7 @@ from ccsvi_cds.facts.requirements import data_requirements
 from ccsvi_cds.rulepack import load_pack
 
 from . import sources
+from .embedded import gather, patient_ids, read_and_route
 from .evaluator import build_evaluator
 from .join import SideTables, build_side_tables, error_line, evaluate_patient_or_report
 from .partition import Routing, Row
@@ -55,8 +56,6 @@ def _screen(files: Sequence[InputFile], routing: Routing, pack_b: Any, rules_dir
             base_url: str | None, validate: bool, item: tuple[int, ReadTask]) -> Iterator[tuple[Any, ...]]:
     """Pass 1 over one read task: S side row, E error line, W a patient to join (an order some rule could
     match), C per-type counts. No patient rows: most patients need no join, so their rows never leave here."""
-    from .embedded import read_and_route
-
     screen = _evaluator(pack_b, rules_dir, digest, base_url, validate).screen
     routed = read_and_route(files, item[1], routing, lambda row: None, screen)  # Spark's tasks know their lines
     errors = [error_line(files[b.file_index].path, b.file_index, b.line, b.entry, b.reason) for b in routed.bad]
@@ -69,15 +68,12 @@ def _screen(files: Sequence[InputFile], routing: Routing, pack_b: Any, rules_dir
     yield ("C", dict(routed.counts), len(errors), item[1].file_index, routed.records, routed.orders, item[0])
 
 
-def _rows(files: Sequence[InputFile], routing: Routing, wanted_b: Any,
+def _rows(files: Sequence[InputFile], routing: Routing, wanted_b: Any, ids_b: Any,
           item: tuple[int, ReadTask]) -> Iterator[tuple[str, tuple[Any, ...]]]:
     """Pass 2 over one read task: the rows of the patients to join, keyed for the group by patient (NDJSON
     lines that mention none of them are not even parsed: `gather`)."""
-    from .embedded import gather, patient_ids
-
-    wanted: frozenset[str] = wanted_b.value
     rows: list[Row] = []
-    gather(files, item[1], routing, wanted, patient_ids(wanted), rows.append)
+    gather(files, item[1], routing, wanted_b.value, ids_b.value, rows.append)
     for r in rows:
         yield r.key, (r.rtype, r.file_index, r.line, r.entry, r.raw)
 
@@ -224,6 +220,7 @@ def run_spark(files: Sequence[InputFile], rules_dir: Path, workdir: Path,
                     joined_tasks.add(rest[5])  # only these are read again (not the Observations, say)
         side_b = sc.broadcast(build_side_tables(side_rows))
         wanted_b = sc.broadcast(frozenset(wanted))
+        ids_b = sc.broadcast(patient_ids(wanted))
         del side_rows
         result.read_counts, result.records_by_file, result.patients = dict(sorted(counts.items())), dict(records), \
             len(wanted)
@@ -236,7 +233,7 @@ def run_spark(files: Sequence[InputFile], rules_dir: Path, workdir: Path,
     n_groups = max(1, min(len(wanted), TASKS_PER_CORE * sc.defaultParallelism))
     gather_tasks = [t for t in enumerate(tasks) if t[0] in joined_tasks]
     out = (sc.parallelize(gather_tasks, max(1, len(gather_tasks)))
-           .flatMap(lambda t: _rows(files_t, routing, wanted_b, t))
+           .flatMap(lambda t: _rows(files_t, routing, wanted_b, ids_b, t))
            .groupByKey(n_groups)
            .mapPartitions(lambda g: _evaluate(g, side_b, pack_b, rules, digest, base_url, validate, paths)))
     out.persist(StorageLevel.MEMORY_AND_DISK)
@@ -254,7 +251,7 @@ def run_spark(files: Sequence[InputFile], rules_dir: Path, workdir: Path,
         out.unpersist()
     result.finding_parts = [p for p in (findings,) if p]
     result.error_parts = [p for p in (read_errors, errors) if p]
-    for b in (side_b, wanted_b, pack_b):
+    for b in (side_b, wanted_b, ids_b, pack_b):
         if b is not None:
             b.unpersist()
     return result

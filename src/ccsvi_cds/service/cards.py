@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import os
+import uuid
 from typing import Any
 
-from ccsvi_cds.cards import uuid_text
 from ccsvi_cds.evaluate import Finding
 
 from .feedback_store import CardRecord, canonical
@@ -31,7 +30,7 @@ def finalize(findings: list[Finding], legacy_delete_resource: bool = False
     records: list[CardRecord] = []
     for finding in findings:
         card = prune_top(finding.card)
-        card["uuid"] = uuid_text(os.urandom(16), 4)  # uuid4
+        card["uuid"] = str(uuid.uuid4())
         if legacy_delete_resource and card.get("suggestions"):
             card["suggestions"] = copy.deepcopy(card["suggestions"])
             for suggestion in card["suggestions"]:
