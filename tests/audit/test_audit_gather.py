@@ -1,6 +1,6 @@
 """The second reading (`gather`) finds exactly the rows the first reading would give for the patients to
-join, however the NDJSON spells their references: it parses only the lines that mention them, so a line it
-skipped wrongly would silently lose a record from a join."""
+join, however the NDJSON spells their references: it parses only the lines the first reading's index names
+(`RowIndex`), so a line it skipped wrongly would silently lose a record from a join."""
 
 from __future__ import annotations
 
@@ -12,13 +12,15 @@ import orjson
 import pytest
 from audit_data import jugular_angioplasty, mri, ms, patient
 
-from ccsvi_cds.audit.embedded import gather, patient_ids, read_and_route
-from ccsvi_cds.audit.partition import Routing, Row
+from ccsvi_cds.audit import embedded, partition
+from ccsvi_cds.audit.embedded import gather, read_and_route
+from ccsvi_cds.audit.partition import Routing, Row, key_hash
 from ccsvi_cds.audit.sources import discover, iter_cut_tasks, plan_tasks
 from ccsvi_cds.facts.requirements import data_requirements
 from ccsvi_cds.rulepack import load_pack
 
 WANTED = frozenset({"Patient/p1", "Patient/p-2.x", "Patient/p3"})
+HASHES = frozenset(key_hash(k) for k in WANTED)
 
 
 def _lines() -> list[bytes]:
@@ -70,10 +72,29 @@ def test_gather_finds_exactly_the_first_readings_rows(tmp_path: Path, rules_dir:
     first: list[Row] = []
     second: list[Row] = []
     for task in tasks:
-        read_and_route(files, task, routing, lambda r: first.append(r) if r.key in WANTED else None, None)
-        gather(files, task, routing, WANTED, patient_ids(WANTED), second.append)
+        routed = read_and_route(files, task, routing, lambda r: first.append(r) if r.key in WANTED else None, None)
+        gather(files, task, routing, WANTED, routed.index.lines_of(HASHES), second.append)
     assert _rows(second) == _rows(first)
     assert {r.key for r in first} == WANTED and len(first) == 11 * 40  # every spelling above was found
+
+
+def test_rows_of_patients_whose_keys_collide_are_not_gathered(tmp_path: Path, rules_dir: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 32-bit hash collides: every line is then named, and only the wanted patients' rows may be kept."""
+    for module in (partition, embedded):
+        monkeypatch.setattr(module, "key_hash", lambda key: 7)
+    path = tmp_path / "in.ndjson"
+    path.write_bytes(b"\n".join(_lines()) + b"\n")
+    files = discover([str(path)])
+    routing = Routing.of(data_requirements(load_pack(rules_dir)))
+    first: list[Row] = []
+    second: list[Row] = []
+    for task in plan_tasks(files):
+        routed = read_and_route(files, task, routing, lambda r: first.append(r) if r.key in WANTED else None, None)
+        lines = routed.index.lines_of(frozenset({7}))
+        assert len(lines) == 13  # every line with a patient-keyed row, wanted or not
+        gather(files, task, routing, WANTED, lines, second.append)
+    assert _rows(second) == _rows(first) and len(first) == 11
 
 
 def test_a_truncated_gzip_gives_the_rows_read_before_the_cut(tmp_path: Path, rules_dir: Path) -> None:
@@ -86,6 +107,6 @@ def test_a_truncated_gzip_gives_the_rows_read_before_the_cut(tmp_path: Path, rul
     first: list[Row] = []
     second: list[Row] = []
     for task in plan_tasks(files):
-        read_and_route(files, task, routing, lambda r: first.append(r) if r.key in WANTED else None, None)
-        gather(files, task, routing, WANTED, patient_ids(WANTED), second.append)
+        routed = read_and_route(files, task, routing, lambda r: first.append(r) if r.key in WANTED else None, None)
+        gather(files, task, routing, WANTED, routed.index.lines_of(HASHES), second.append)
     assert 0 < len(first) < 11 * 200 and _rows(second) == _rows(first)

@@ -1,11 +1,13 @@
 """The default engine: a process pool on this machine, memory bounded by spilling to disk by patient key.
 
-Phase 1 (read): each task parses a slice of the input, appends patient-keyed rows to hash shards on disk
-(one file per shard per worker), screens every ServiceRequest against the rules (`Evaluator.screen`) and
-returns side-table rows, read counts and the patients with an order some rule could match. Phase 2
-(evaluate): each task reads one shard back and joins and evaluates only those patients: in a referral
-export almost every patient has routine orders, and none of them can fire a rule. The rule engine is not thread-safe and not
-picklable, so each worker process builds its own Evaluator on first use; the parent never builds one.
+Phase 1 (read): each task parses a slice of the input, screens every ServiceRequest against the rules
+(`Evaluator.screen`) and returns side-table rows, read counts, the patients with an order some rule could
+match and where its patient-keyed rows are (`RowIndex`; a Bundle file's rows are spilled at once). Phase 1b
+(gather): the NDJSON lines that hold those patients' rows are read again and their rows appended to hash
+shards on disk (one file per shard per worker). Phase 2 (evaluate): each task reads one shard back and joins
+and evaluates only those patients: in a referral export almost every patient has routine orders, and none
+of them can fire a rule. The rule engine is not thread-safe and not picklable, so each worker process builds
+its own Evaluator on first use; the parent never builds one.
 """
 
 from __future__ import annotations
@@ -36,16 +38,19 @@ from .join import SideTables, build_side_tables, error_line, evaluate_patient_or
 from .partition import (
     Routing,
     Row,
+    RowIndex,
     SideRow,
     SpillWriter,
     choose_shards,
     classify,
     estimated_bytes,
     group_shard,
+    key_hash,
+    row_of,
     shard_files,
 )
 from .parts import EngineResult, write_part
-from .sources import BadRecord, InputFile, ReadTask, Record, line_offsets, read_mentioning, read_task
+from .sources import BadRecord, InputFile, ReadTask, Record, line_offsets, read_lines, read_task
 
 if TYPE_CHECKING:
     from ccsvi_cds.evaluate import Evaluator
@@ -119,13 +124,15 @@ class SpillResult:
     bad: Path | None  # records reported and skipped, line numbers relative to the task
     orders: int  # ServiceRequests evaluated (screened)
     wanted: set[str]  # patients with an order some rule could match: the only ones joined
+    index: RowIndex | None  # where an NDJSON task's rows are (they are read again only for those patients)
 
 
 @dataclass
 class Routed:
     """What reading one task gave, besides the rows: read counts per type, side-table rows, bad records,
     lines read (to number the lines of later tasks), non-blank lines (to check a manifest's count), the
-    ServiceRequests evaluated (screened), and the patients with an order some rule could match."""
+    ServiceRequests evaluated (screened), the patients with an order some rule could match, and where the
+    task's rows are."""
 
     counts: Counter[str]
     side: list[SideRow]
@@ -134,56 +141,60 @@ class Routed:
     records: int
     orders: int
     wanted: set[str]
+    index: RowIndex
 
 
 def read_and_route(files: Sequence[InputFile], task: ReadTask, routing: Routing,
-                   on_row: Callable[[Row], None], screen: Callable[[Resource], OrderScreen] | None) -> Routed:
-    """Read one task, classify every record; rows go to ``on_row``; with ``screen``, each ServiceRequest is
-    screened (the rule-derived pushdown: only the patients in ``wanted`` are joined). Shared by both engines."""
+                   on_row: Callable[[Row], None] | None, screen: Callable[[Resource], OrderScreen] | None) -> Routed:
+    """Read one task, classify every record; rows go into the index and to ``on_row``; with ``screen``, each
+    ServiceRequest is screened (the rule-derived pushdown: only the patients in ``wanted`` are joined). Shared
+    by both engines."""
     counts: dict[str, int] = {}
     side: list[SideRow] = []
     bad: list[BadRecord] = []
     counted: dict[str, int] = {}
     meta: dict[str, int] = {}
     wanted: set[str] = set()
+    index = RowIndex()
+    add_hash, add_line = index.hashes.append, index.lines.append  # RowIndex.add inline (once per record)
     orders = 0
+    not_evaluated, candidate = OrderScreen.NOT_EVALUATED, OrderScreen.CANDIDATE
     for rec in read_task(files, task, routing.needed, counted, meta):  # the audit's hot loop
         rtype, item = classify(rec, routing)
         if rtype is not None:
             counts[rtype] = counts.get(rtype, 0) + 1
-        if type(item) is Row:
-            if screen is not None and rtype == "ServiceRequest" and type(rec) is Record:
-                verdict = screen(rec.resource)
-                orders += verdict is not OrderScreen.NOT_EVALUATED
-                if verdict is OrderScreen.CANDIDATE:
-                    wanted.add(item.key)
-            on_row(item)
+        if type(item) is str:  # the patient key of a Record's row
+            if screen is not None and rtype == "ServiceRequest":
+                verdict = screen(rec.resource)  # type: ignore[union-attr]  # a key comes from a Record
+                orders += verdict is not not_evaluated
+                if verdict is candidate:
+                    wanted.add(item)
+            add_hash(key_hash(item))
+            add_line(rec.line or 0)
+            if on_row is not None:
+                on_row(row_of(rec, rtype, item))  # type: ignore[arg-type]
         elif type(item) is SideRow:
             side.append(item)
         elif type(item) is BadRecord:
             bad.append(item)
     for rtype, n in counted.items():
         counts[rtype] = counts.get(rtype, 0) + n
-    return Routed(Counter(counts), side, bad, meta.get("lines", 0), meta.get("records", 0), orders, wanted)
-
-
-def patient_ids(wanted: Iterable[str]) -> frozenset[bytes]:
-    """The ids of "Patient/<id>" keys, as they appear in raw NDJSON (see sources.read_mentioning)."""
-    return frozenset(key.split("/", 1)[1].encode() for key in wanted)
+    return Routed(Counter(counts), side, bad, meta.get("lines", 0), meta.get("records", 0), orders, wanted,
+                  index)
 
 
 def gather(files: Sequence[InputFile], task: ReadTask, routing: Routing, wanted: frozenset[str],
-           ids: frozenset[bytes], on_row: Callable[[Row], None]) -> None:
-    """Read one task again for the rows of the patients to join (``wanted``, ``ids`` their patient ids). In
-    NDJSON only the lines that mention one of them are parsed: almost every line is skipped unread. Each
-    candidate is classified by the same code as in the first reading, so a row is its patient's or is not
+           lines: Sequence[int] | None, on_row: Callable[[Row], None]) -> None:
+    """Read one task again for the rows of the patients to join (``wanted``): in NDJSON only the ``lines``
+    the first reading's index names (`RowIndex.lines_of`) are parsed; None reads a Bundle file in full.
+    Each record is classified by the same code as in the first reading, so a row is its patient's or is not
     kept. Shared by both engines."""
-    records = read_mentioning(files, task, ids) if files[task.file_index].kind == "ndjson" \
-        else read_task(files, task, routing.needed)
+    records = read_task(files, task, routing.needed) if lines is None else read_lines(files, task, lines)
     for rec in records:
-        _, item = classify(rec, routing)
-        if type(item) is Row and item.key in wanted:
-            on_row(item)
+        rtype, item = classify(rec, routing)
+        if type(item) is str and item in wanted:
+            assert type(rec) is Record and rtype is not None
+            on_row(row_of(rec, rtype, item))
 
 
 def _read(task_index: int, task: ReadTask) -> SpillResult:
@@ -192,7 +203,7 @@ def _read(task_index: int, task: ReadTask) -> SpillResult:
     assert _CFG is not None
     writer = SpillWriter(_CFG.spill_dir, _CFG.n_shards, task_index)
     keep = _CFG.files[task.file_index].kind == "json"
-    routed = read_and_route(_CFG.files, task, _CFG.routing, writer.add if keep else _drop,
+    routed = read_and_route(_CFG.files, task, _CFG.routing, writer.add if keep else None,
                             worker_evaluator(_CFG).screen)
     counts, side, bad, lines = routed.counts, routed.side, routed.bad, routed.lines
     writer.flush()
@@ -203,11 +214,7 @@ def _read(task_index: int, task: ReadTask) -> SpillResult:
         path = _CFG.parts_dir / f"read-{task_index:06d}.bad"
         path.write_bytes(b"".join(orjson.dumps([b.file_index, b.line, b.entry, b.reason]) + b"\n" for b in bad))
     return SpillResult(task_index, task, size, lines, routed.records, counts, side, path, routed.orders,
-                       routed.wanted)
-
-
-def _drop(row: Row) -> None:
-    return None
+                       routed.wanted, None if keep else routed.index)
 
 
 @dataclass(frozen=True)
@@ -216,7 +223,6 @@ class Wanted:
 
     keys: frozenset[str]  # "Patient/<id>" (gather: a classified row's key)
     raw_keys: frozenset[bytes]  # the same as bytes (phase 2: a spilled line's first field)
-    ids: frozenset[bytes]  # "<id>" (gather: as raw NDJSON mentions them)
 
 
 def _wanted(cfg: _Config) -> Wanted:
@@ -224,16 +230,15 @@ def _wanted(cfg: _Config) -> Wanted:
     global _WANTED
     if _WANTED is None:
         keys = frozenset((cfg.spill_dir / "wanted.txt").read_text().split())
-        _WANTED = Wanted(keys, frozenset(k.encode() for k in keys), patient_ids(keys))
+        _WANTED = Wanted(keys, frozenset(k.encode() for k in keys))
     return _WANTED
 
 
-def _gather(task_index: int, task: ReadTask) -> None:
-    """Phase 1b for one NDJSON task: spill the rows of the patients to join."""
+def _gather(task_index: int, task: ReadTask, lines: Sequence[int]) -> None:
+    """Phase 1b for one NDJSON task: spill the rows of the patients to join, from the given lines."""
     assert _CFG is not None
-    wanted = _wanted(_CFG)
     writer = SpillWriter(_CFG.spill_dir, _CFG.n_shards, task_index)
-    gather(_CFG.files, task, _CFG.routing, wanted.keys, wanted.ids, writer.add)
+    gather(_CFG.files, task, _CFG.routing, _wanted(_CFG).keys, lines, writer.add)
     writer.flush()
 
 
@@ -325,7 +330,7 @@ def run_embedded(files: Sequence[InputFile], tasks: Iterable[ReadTask], rules_di
     read: list[tuple[int, ReadTask, int]] = []
     bad_files: list[tuple[int, Path]] = []
     wanted: set[str] = set()
-    joined_tasks: set[int] = set()  # tasks that held a resource of a joined type
+    indexes: dict[int, RowIndex] = {}  # NDJSON tasks with rows: where they are
     tick = progress or (lambda phase, adv, total, resources: None)
     total_bytes = sum(f.size for f in files)
     paths = [f.path for f in files]
@@ -339,8 +344,8 @@ def run_embedded(files: Sequence[InputFile], tasks: Iterable[ReadTask], rules_di
             bad_files.append((r.task_index, r.bad))
         result.evaluated += r.orders
         wanted.update(r.wanted)
-        if not r.counts.keys().isdisjoint(cfg.routing.joined):
-            joined_tasks.add(r.task_index)  # only these are read again (not the Observations, say)
+        if r.index is not None and r.index.lines:
+            indexes[r.task_index] = r.index
         tick("read", r.bytes_read, total_bytes, sum(r.counts.values()))
 
     def evaluated(r: ShardResult) -> None:
@@ -367,10 +372,12 @@ def run_embedded(files: Sequence[InputFile], tasks: Iterable[ReadTask], rules_di
         (spill_dir / "side.json").write_bytes(build_side_tables(s for _, s in side_rows).to_json())
         (spill_dir / "wanted.txt").write_bytes("\n".join(sorted(wanted)).encode())
         result.patients = len(wanted)
-        if wanted:  # phase 1b: the rows of the patients to join, from the NDJSON tasks
-            again = [(_gather, (i, t)) for i, t, _ in sorted(read, key=lambda r: r[0])
-                     if files[t.file_index].kind == "ndjson" and i in joined_tasks]
+        if wanted:  # phase 1b: the rows of the patients to join, from the NDJSON tasks' lines that hold them
+            hashes = frozenset(key_hash(k) for k in wanted)
+            again = [(_gather, (i, t, lines)) for i, t, _ in sorted(read, key=lambda r: r[0])
+                     if i in indexes and (lines := indexes[i].lines_of(hashes))]
             _drain(pool, again, lambda _: tick("gather", 1, len(again), 0), workers * 4)
+        indexes.clear()
         del side_rows[:]
         for task_index, bad in bad_files:
             part = _number_bad_records(bad, offsets[task_index], paths, parts_dir / f"read-{task_index:06d}.errors")

@@ -8,11 +8,13 @@ slice of the patients) is read back; the shards live in a temporary directory an
 from __future__ import annotations
 
 import os
-import re
+import string
 import zlib
+from array import array
 from collections import OrderedDict
 from collections.abc import Collection, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from itertools import compress
 from pathlib import Path
 from typing import BinaryIO
 
@@ -45,8 +47,11 @@ class Routing:
         """What the reader must hand over in full; any other resource type is only counted."""
         return self.joined | self.side | {"Bundle"}
 
-_ID_RE = re.compile(r"[A-Za-z0-9\-.]{1,64}")
-_KEY_RE = re.compile(r"[A-Z][A-Za-z]+/[A-Za-z0-9\-.]{1,64}")  # also keeps tabs/newlines out of spill lines
+# FHIR's id, [A-Za-z0-9\-.]{1,64}, checked as `0 < len(rid) <= 64 and _ID_CHARS.issuperset(rid)`, inline in
+# classify (a regex or a function call costs more, twice per record); also keeps tabs and line ends out of
+# spill lines.
+_ID_CHARS = frozenset(string.ascii_letters + string.digits + "-.")
+
 FLUSH_BYTES = 8 * 1024 * 1024
 
 
@@ -76,13 +81,15 @@ class SideRow:
     raw: bytes
 
 
-Classified = Row | SideRow | BadRecord | None
+Classified = str | SideRow | BadRecord | None
 
 
 def classify(rec: Record | BadRecord, routing: Routing) -> tuple[str | None, Classified]:
     """Decide what one record is for. Returns (resource type for the read counts, routed item or None).
 
-    None as item means "counted, not needed". Invalid records become BadRecord with the reason.
+    A str item is the "Patient/<id>" key of a patient-keyed record (`row_of` makes its Row: the first
+    reading of NDJSON needs only the key). None as item means "counted, not needed". Invalid records
+    become BadRecord with the reason.
     """
     if isinstance(rec, BadRecord):
         return None, rec
@@ -90,27 +97,56 @@ def classify(rec: Record | BadRecord, routing: Routing) -> tuple[str | None, Cla
     rtype: str = res["resourceType"]
     if rtype not in routing.joined and rtype not in routing.side:
         return rtype, None
-    line, entry = rec.line or 0, rec.entry or 0
     rid = res.get("id")
-    if not isinstance(rid, str) or not _ID_RE.fullmatch(rid):
+    if type(rid) is not str or not (0 < len(rid) <= 64 and _ID_CHARS.issuperset(rid)):
         return rtype, BadRecord(rec.file_index, rec.line, rec.entry, f"invalid resource: {rtype} without a valid id")
-    raw = rec.raw if rec.raw is not None else orjson.dumps(res)
     if rtype in routing.side:
-        return rtype, SideRow(f"{rtype}/{rid}", rec.file_index, line, entry, raw)
+        return rtype, SideRow(f"{rtype}/{rid}", rec.file_index, rec.line or 0, rec.entry or 0, _raw(rec))
     try:
         key = patient_of(res, f"{rtype}/{rid}")
     except ShapeError as exc:
         return rtype, BadRecord(rec.file_index, rec.line, rec.entry, f"invalid resource: {exc}")
-    if key is None or not _KEY_RE.fullmatch(key):
+    if key is None or not (8 < len(key) <= 72 and _ID_CHARS.issuperset(key[8:])):  # None or "Patient/<id>"
         what = "no" if key is None else "an invalid"
         return rtype, BadRecord(rec.file_index, rec.line, rec.entry,
                                 f"invalid resource: {rtype}/{rid} has {what} {patient_element(res)} reference")
-    return rtype, Row(key, rtype, rec.file_index, line, entry, raw)
+    return rtype, key
+
+
+def row_of(rec: Record, rtype: str, key: str) -> Row:
+    """The Row of a record `classify` keyed to ``key``."""
+    return Row(key, rtype, rec.file_index, rec.line or 0, rec.entry or 0, _raw(rec))
+
+
+def _raw(rec: Record) -> bytes:
+    return rec.raw if rec.raw is not None else orjson.dumps(rec.resource)
+
+
+def key_hash(key: str) -> int:
+    """Stable across processes and runs (unlike hash()), so the same input always spills the same way."""
+    return zlib.crc32(key.encode())
 
 
 def shard_of(key: str, n_shards: int) -> int:
-    """Stable across processes and runs (unlike hash()), so the same input always spills the same way."""
-    return zlib.crc32(key.encode()) % n_shards
+    return key_hash(key) % n_shards
+
+
+@dataclass
+class RowIndex:
+    """Where one read task's patient-keyed rows are: each row's line and the hash of its patient key (12
+    bytes a row). The first reading keeps this instead of the rows; once every order has been screened,
+    `lines_of` names the only lines to read again (a hash may collide: the rows read are classified again)."""
+
+    hashes: array[int] = field(default_factory=lambda: array("I"))
+    lines: array[int] = field(default_factory=lambda: array("Q"))
+
+    def add(self, row: Row) -> None:
+        self.hashes.append(key_hash(row.key))
+        self.lines.append(row.line)
+
+    def lines_of(self, hashes: frozenset[int]) -> list[int]:
+        """The lines, ascending, with a row of a patient whose key hashes to one of ``hashes``."""
+        return sorted(set(compress(self.lines, map(hashes.__contains__, self.hashes))))
 
 
 def row_head(row: Row, task: int = -1) -> bytes:

@@ -14,9 +14,8 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import os
-import re
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
@@ -487,47 +486,23 @@ def _read_ndjson(f: InputFile, task: ReadTask, keep: frozenset[str] | None,
 
 # ---------------------------------------------------------------------------------------------- gathering
 
-# How a record names its patient in raw NDJSON, as records.patient_of reads it: a reference containing
-# "Patient/<id>" (relative, absolute, versioned), or a Patient's own "id". JSON escapes could spell either
-# differently, and a Bundle's entries refer to each other by fullUrl: lines with those are always read.
-_PATIENT_REFERENCE = re.compile(rb"Patient/([A-Za-z0-9\-.]{1,64})")
-_ID_VALUE = re.compile(rb'"id"\s*:\s*"([A-Za-z0-9\-.]{1,64})"')
-_ESCAPES_READ = (b"/", b"u")  # after a backslash: "\/" and a "\u" escape can spell "Patient/" or an id's characters
-_BUNDLE = b'"Bundle"'
-
-
-def read_mentioning(files: Sequence[InputFile], task: ReadTask, ids: frozenset[bytes]) -> Iterator[Record]:
-    """The records of an NDJSON task whose line mentions one of ``ids`` (patient ids) as `patient_of` reads
-    them: a necessary condition for the record to belong to one of those patients, found by scanning whole
-    blocks, so the other lines are never parsed. Line numbers are as ``read_task`` gives them. What cannot be
-    read is skipped without a word: the first reading of the task reported it."""
+def read_lines(files: Sequence[InputFile], task: ReadTask, numbers: Iterable[int]) -> Iterator[Record]:
+    """The records on the given lines of an NDJSON task (ascending, numbered as ``read_task`` numbers them):
+    the second reading of the audit, which knows from the first where its rows are. The other lines are
+    split off but never parsed. What cannot be read is skipped without a word: the first reading reported it."""
+    wanted = iter(numbers)
+    want = next(wanted, None)
+    if want is None:
+        return
     try:
-        yield from _mentioning(files[task.file_index], task, ids)
+        for line_no, line in enumerate(_iter_lines(files[task.file_index], task, []), task.first_line or 1):
+            if line_no == want:
+                yield from _line_records(line, task.file_index, line_no)
+                want = next(wanted, None)
+                if want is None:
+                    return
     except (OSError, EOFError, zlib.error):
         return  # reported by the first reading, which did not read past the fault either
-
-
-def _mentioning(f: InputFile, task: ReadTask, ids: frozenset[bytes]) -> Iterator[Record]:
-    line_no = (task.first_line or 1) - 1
-    for block in _iter_blocks(f, task):
-        starts = {block.rfind(b"\n", 0, m.start()) + 1 for pattern in (_PATIENT_REFERENCE, _ID_VALUE)
-                  for m in pattern.finditer(block) if m.group(1) in ids}
-        at = block.find(b"\\")  # a JSON escape: rare in FHIR data, so one fast scan for the backslash
-        while at >= 0:
-            if block[at + 1:at + 2] in _ESCAPES_READ:
-                starts.add(block.rfind(b"\n", 0, at) + 1)
-            at = block.find(b"\\", at + 2)
-        at = block.find(_BUNDLE)
-        while at >= 0:
-            starts.add(block.rfind(b"\n", 0, at) + 1)
-            at = block.find(_BUNDLE, at + len(_BUNDLE))
-        counted = 0  # line_no is the number of the line before block[counted:]
-        for start in sorted(starts):
-            line_no += block.count(b"\n", counted, start)
-            counted = start
-            end = block.find(b"\n", start)
-            yield from _line_records(block[start:end] if end >= 0 else block[start:], task.file_index, line_no + 1)
-        line_no += block.count(b"\n", counted)
 
 
 def _line_records(line: bytes, idx: int, line_no: int) -> Iterator[Record]:

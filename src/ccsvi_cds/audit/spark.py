@@ -27,10 +27,10 @@ from ccsvi_cds.facts.requirements import data_requirements
 from ccsvi_cds.rulepack import load_pack
 
 from . import sources
-from .embedded import gather, patient_ids, read_and_route
+from .embedded import gather, read_and_route
 from .evaluator import build_evaluator
 from .join import SideTables, build_side_tables, error_line, evaluate_patient_or_report
-from .partition import Routing, Row
+from .partition import Routing, Row, RowIndex, key_hash
 from .parts import EngineResult
 from .sources import InputFile, ReadTask, plan_tasks
 
@@ -55,9 +55,10 @@ def _evaluator(pack_b: Any, rules_dir: str, digest: str | None, base_url: str | 
 def _screen(files: Sequence[InputFile], routing: Routing, pack_b: Any, rules_dir: str, digest: str | None,
             base_url: str | None, validate: bool, item: tuple[int, ReadTask]) -> Iterator[tuple[Any, ...]]:
     """Pass 1 over one read task: S side row, E error line, W a patient to join (an order some rule could
-    match), C per-type counts. No patient rows: most patients need no join, so their rows never leave here."""
+    match), C per-type counts and where the task's rows are. No patient rows: most patients need no join, so
+    their rows never leave here."""
     screen = _evaluator(pack_b, rules_dir, digest, base_url, validate).screen
-    routed = read_and_route(files, item[1], routing, lambda row: None, screen)  # Spark's tasks know their lines
+    routed = read_and_route(files, item[1], routing, None, screen)  # Spark's tasks know their lines
     errors = [error_line(files[b.file_index].path, b.file_index, b.line, b.entry, b.reason) for b in routed.bad]
     for s in routed.side:
         yield ("S", s)
@@ -65,15 +66,16 @@ def _screen(files: Sequence[InputFile], routing: Routing, pack_b: Any, rules_dir
         yield ("E", k, v)
     for key in routed.wanted:
         yield ("W", key)
-    yield ("C", dict(routed.counts), len(errors), item[1].file_index, routed.records, routed.orders, item[0])
+    yield ("C", dict(routed.counts), len(errors), item[1].file_index, routed.records, routed.orders, item[0],
+           routed.index)
 
 
-def _rows(files: Sequence[InputFile], routing: Routing, wanted_b: Any, ids_b: Any,
-          item: tuple[int, ReadTask]) -> Iterator[tuple[str, tuple[Any, ...]]]:
-    """Pass 2 over one read task: the rows of the patients to join, keyed for the group by patient (NDJSON
-    lines that mention none of them are not even parsed: `gather`)."""
+def _rows(files: Sequence[InputFile], routing: Routing, wanted_b: Any,
+          item: tuple[int, ReadTask, list[int] | None]) -> Iterator[tuple[str, tuple[Any, ...]]]:
+    """Pass 2 over one read task: the rows of the patients to join, keyed for the group by patient (in NDJSON
+    only the lines pass 1 found them on are parsed: `gather`)."""
     rows: list[Row] = []
-    gather(files, item[1], routing, wanted_b.value, ids_b.value, rows.append)
+    gather(files, item[1], routing, wanted_b.value, item[2], rows.append)
     for r in rows:
         yield r.key, (r.rtype, r.file_index, r.line, r.entry, r.raw)
 
@@ -201,7 +203,7 @@ def run_spark(files: Sequence[InputFile], rules_dir: Path, workdir: Path,
         counts: Counter[str] = Counter()
         side_rows = []
         wanted: set[str] = set()
-        joined_tasks: set[int] = set()  # tasks that held a resource of a joined type
+        indexes: dict[int, RowIndex] = {}  # tasks with rows: where they are
         n_read_errors = 0
         # collect (not toLocalIterator): computes and caches every partition in parallel; this part is small.
         records: Counter[int] = Counter()
@@ -216,11 +218,10 @@ def run_spark(files: Sequence[InputFile], rules_dir: Path, workdir: Path,
                 n_read_errors += rest[1]
                 records[rest[2]] += rest[3]
                 result.evaluated += rest[4]
-                if not rest[0].keys().isdisjoint(routing.joined):
-                    joined_tasks.add(rest[5])  # only these are read again (not the Observations, say)
+                if rest[6].lines:
+                    indexes[rest[5]] = rest[6]
         side_b = sc.broadcast(build_side_tables(side_rows))
         wanted_b = sc.broadcast(frozenset(wanted))
-        ids_b = sc.broadcast(patient_ids(wanted))
         del side_rows
         result.read_counts, result.records_by_file, result.patients = dict(sorted(counts.items())), dict(records), \
             len(wanted)
@@ -231,9 +232,11 @@ def run_spark(files: Sequence[InputFile], rules_dir: Path, workdir: Path,
     # Pass 2: read again, keep only the wanted patients' rows, group them by patient, evaluate where they are.
     # Only the joined patients' rows are shuffled (a small share of the input): a few groups per core.
     n_groups = max(1, min(len(wanted), TASKS_PER_CORE * sc.defaultParallelism))
-    gather_tasks = [t for t in enumerate(tasks) if t[0] in joined_tasks]
+    hashes = frozenset(key_hash(k) for k in wanted)
+    gather_tasks = [(i, t, lines if files[t.file_index].kind == "ndjson" else None)  # a Bundle file: in full
+                    for i, t in enumerate(tasks) if i in indexes and (lines := indexes[i].lines_of(hashes))]
     out = (sc.parallelize(gather_tasks, max(1, len(gather_tasks)))
-           .flatMap(lambda t: _rows(files_t, routing, wanted_b, ids_b, t))
+           .flatMap(lambda t: _rows(files_t, routing, wanted_b, t))
            .groupByKey(n_groups)
            .mapPartitions(lambda g: _evaluate(g, side_b, pack_b, rules, digest, base_url, validate, paths)))
     out.persist(StorageLevel.MEMORY_AND_DISK)
@@ -251,7 +254,7 @@ def run_spark(files: Sequence[InputFile], rules_dir: Path, workdir: Path,
         out.unpersist()
     result.finding_parts = [p for p in (findings,) if p]
     result.error_parts = [p for p in (read_errors, errors) if p]
-    for b in (side_b, wanted_b, ids_b, pack_b):
+    for b in (side_b, wanted_b, pack_b):
         if b is not None:
             b.unpersist()
     return result

@@ -23,7 +23,7 @@ from typing import Any
 
 from ccsvi_cds.facts.fhir import Located, Resource, ShapeError, as_obj, as_str
 from ccsvi_cds.facts.issues import Issue, IssueKind
-from ccsvi_cds.facts.references import Ref, read_reference
+from ccsvi_cds.facts.references import Ref, read_reference, reference_key
 
 Item = Resource | Located | tuple[str, Resource]
 
@@ -72,9 +72,10 @@ def key_of(resource: Resource) -> str | None:
 
 def patient_of(resource: Resource, path: str, aliases: Mapping[str, str] | None = None) -> str | None:
     """The "Patient/id" a resource belongs to (the audit shards by it too); None if it names none."""
-    if resource.get("resourceType") == "Patient":
+    rtype = resource.get("resourceType")
+    if rtype == "Patient":
         return key_of(resource)
-    element = patient_element(resource)
+    element = "subject" if rtype in PATIENT_ELEMENT_TYPES else patient_element(resource)  # the common case first
     if element is None:
         return None
     obj = resource.get(element)
@@ -87,8 +88,8 @@ def patient_of(resource: Resource, path: str, aliases: Mapping[str, str] | None 
         text = as_str(text, f"{path}.{element}.reference")
     if not text:
         return None
-    ref = read_reference(text, aliases)
-    return ref.key if ref.key and ref.key.startswith("Patient/") else None
+    key = reference_key(text, aliases)
+    return key if key and key.startswith("Patient/") else None
 
 
 def patient_element(resource: Resource) -> str | None:

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from enum import Enum
 from typing import Any, NamedTuple
 
-_REF = re.compile(r"^(?:(?P<base>[a-z][a-z0-9+.-]*://[^?#]*?)/)?(?P<type>[A-Z][A-Za-z]+)/(?P<id>[A-Za-z0-9\-.]{1,64})"
+_REF = re.compile(r"^(?:(?P<base>[a-z][a-z0-9+.-]*://[^?#]*?)/)?(?P<key>[A-Z][A-Za-z]+/[A-Za-z0-9\-.]{1,64})"
                   r"(?:/_history/[^/?#]+)?/?$")
 
 
@@ -43,27 +43,44 @@ class Ref(NamedTuple):
 
 def read_reference(text: str, aliases: Mapping[str, str] | None = None, container: str | None = None) -> Ref:
     """Read one `Reference.reference` string. `container`: the key of the resource holding it (for `#id`)."""
+    return Ref(text, *_read(text, aliases, container))
+
+
+def reference_key(text: str, aliases: Mapping[str, str] | None = None) -> str | None:
+    """`read_reference(text, aliases).key` without building a Ref: the audit asks this of every record."""
+    return _read(text, aliases, None)[1]
+
+
+def _read(text: str, aliases: Mapping[str, str] | None, container: str | None) -> tuple[RefForm, str | None, str | None]:
+    """(form, key, url) of a reference: plain tuples and Enum members looked up once, as this runs for every
+    reference of every record of an audit."""
+    head, sep, tail = text.partition("/")  # first the common case, "Type/id" and nothing else: its own key
+    if sep and head[:1].isupper() and tail and "/" not in tail and "?" not in tail and ":" not in head \
+            and not (aliases and text in aliases):
+        return _RELATIVE, text, None
     if text.startswith("#"):
         if container is None:
-            return Ref(text, RefForm.CONTAINED, None)
-        return Ref(text, RefForm.CONTAINED, container if text == "#" else f"{container.split('#', 1)[0]}{text}")
+            return _CONTAINED, None, None
+        return _CONTAINED, container if text == "#" else f"{container.split('#', 1)[0]}{text}", None
     if aliases and text in aliases:
-        return Ref(text, RefForm.URN if text.startswith("urn:") else RefForm.ABSOLUTE, aliases[text],
-                   None if text.startswith("urn:") else text)
+        if text.startswith("urn:"):
+            return _URN, aliases[text], None
+        return _ABSOLUTE, aliases[text], text
     if text.startswith("urn:"):
-        return Ref(text, RefForm.URN, None)
-    head, sep, tail = text.partition("/")
-    if sep and head[:1].isupper() and tail and "/" not in tail and "?" not in tail and ":" not in head:
-        return Ref(text, RefForm.RELATIVE, text)  # the common case, without the regex
+        return _URN, None, None
     if "?" in text:
-        return Ref(text, RefForm.CONDITIONAL, None)
+        return _CONDITIONAL, None, None
     m = _REF.match(text)
     if m is None:
-        return Ref(text, RefForm.UNREADABLE, None)
-    key = f"{m.group('type')}/{m.group('id')}"
+        return _UNREADABLE, None, None
     if m.group("base"):
-        return Ref(text, RefForm.ABSOLUTE, key, text)
-    return Ref(text, RefForm.RELATIVE, key)
+        return _ABSOLUTE, m.group("key"), text
+    return _RELATIVE, m.group("key"), None
+
+
+# Enum members as module constants: looking one up on its class costs a descriptor call each time.
+_RELATIVE, _ABSOLUTE, _URN, _CONTAINED, _CONDITIONAL, _UNREADABLE = (
+    RefForm.RELATIVE, RefForm.ABSOLUTE, RefForm.URN, RefForm.CONTAINED, RefForm.CONDITIONAL, RefForm.UNREADABLE)
 
 
 def normalize_reference(ref: Any, aliases: Mapping[str, str] | None = None) -> str | None:
