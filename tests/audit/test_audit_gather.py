@@ -73,7 +73,7 @@ def test_gather_finds_exactly_the_first_readings_rows(tmp_path: Path, rules_dir:
     second: list[Row] = []
     for task in tasks:
         routed = read_and_route(files, task, routing, lambda r: first.append(r) if r.key in WANTED else None, None)
-        gather(files, task, routing, WANTED, routed.index.lines_of(HASHES), second.append)
+        gather(files, task, routing, WANTED, routed.index.positions_of(HASHES), second.append)
     assert _rows(second) == _rows(first)
     assert {r.key for r in first} == WANTED and len(first) == 11 * 40  # every spelling above was found
 
@@ -91,7 +91,7 @@ def test_rows_of_patients_whose_keys_collide_are_not_gathered(tmp_path: Path, ru
     second: list[Row] = []
     for task in plan_tasks(files):
         routed = read_and_route(files, task, routing, lambda r: first.append(r) if r.key in WANTED else None, None)
-        lines = routed.index.lines_of(frozenset({7}))
+        lines = routed.index.positions_of(frozenset({7}))
         assert len(lines) == 13  # every line with a patient-keyed row, wanted or not
         gather(files, task, routing, WANTED, lines, second.append)
     assert _rows(second) == _rows(first) and len(first) == 11
@@ -108,5 +108,5 @@ def test_a_truncated_gzip_gives_the_rows_read_before_the_cut(tmp_path: Path, rul
     second: list[Row] = []
     for task in plan_tasks(files):
         routed = read_and_route(files, task, routing, lambda r: first.append(r) if r.key in WANTED else None, None)
-        gather(files, task, routing, WANTED, routed.index.lines_of(HASHES), second.append)
+        gather(files, task, routing, WANTED, routed.index.positions_of(HASHES), second.append)
     assert 0 < len(first) < 11 * 200 and _rows(second) == _rows(first)

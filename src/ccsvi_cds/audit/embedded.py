@@ -50,7 +50,7 @@ from .partition import (
     shard_files,
 )
 from .parts import EngineResult, write_part
-from .sources import BadRecord, InputFile, ReadTask, Record, line_offsets, read_lines, read_task
+from .sources import BadRecord, InputFile, ReadTask, Record, line_offsets, read_at, read_task
 
 if TYPE_CHECKING:
     from ccsvi_cds.evaluate import Evaluator
@@ -124,7 +124,7 @@ class SpillResult:
     bad: Path | None  # records reported and skipped, line numbers relative to the task
     orders: int  # ServiceRequests evaluated (screened)
     wanted: set[str]  # patients with an order some rule could match: the only ones joined
-    index: RowIndex | None  # where an NDJSON task's rows are (they are read again only for those patients)
+    index: Path | None  # where an NDJSON task's rows are (RowIndex): read again only for the joined patients
 
 
 @dataclass
@@ -156,7 +156,7 @@ def read_and_route(files: Sequence[InputFile], task: ReadTask, routing: Routing,
     meta: dict[str, int] = {}
     wanted: set[str] = set()
     index = RowIndex()
-    add_hash, add_line = index.hashes.append, index.lines.append  # RowIndex.add inline (once per record)
+    add_hash, add_line, add_offset = index.hashes.append, index.lines.append, index.offsets.append  # RowIndex.add
     orders = 0
     not_evaluated, candidate = OrderScreen.NOT_EVALUATED, OrderScreen.CANDIDATE
     for rec in read_task(files, task, routing.needed, counted, meta):  # the audit's hot loop
@@ -169,8 +169,9 @@ def read_and_route(files: Sequence[InputFile], task: ReadTask, routing: Routing,
                 orders += verdict is not not_evaluated
                 if verdict is candidate:
                     wanted.add(item)
-            add_hash(key_hash(item))
+            add_hash(key_hash(item))  # RowIndex.add, inline: once per record
             add_line(rec.line or 0)
+            add_offset(rec.offset or 0)  # type: ignore[union-attr]
             if on_row is not None:
                 on_row(row_of(rec, rtype, item))  # type: ignore[arg-type]
         elif type(item) is SideRow:
@@ -184,12 +185,12 @@ def read_and_route(files: Sequence[InputFile], task: ReadTask, routing: Routing,
 
 
 def gather(files: Sequence[InputFile], task: ReadTask, routing: Routing, wanted: frozenset[str],
-           lines: Sequence[int] | None, on_row: Callable[[Row], None]) -> None:
-    """Read one task again for the rows of the patients to join (``wanted``): in NDJSON only the ``lines``
-    the first reading's index names (`RowIndex.lines_of`) are parsed; None reads a Bundle file in full.
-    Each record is classified by the same code as in the first reading, so a row is its patient's or is not
-    kept. Shared by both engines."""
-    records = read_task(files, task, routing.needed) if lines is None else read_lines(files, task, lines)
+           positions: Sequence[tuple[int, int]] | None, on_row: Callable[[Row], None]) -> None:
+    """Read one task again for the rows of the patients to join (``wanted``): in NDJSON only the lines at
+    the ``positions`` the first reading's index names (`RowIndex.positions_of`); None reads a Bundle file in
+    full. Each record is classified by the same code as in the first reading, so a row is its patient's or
+    is not kept. Shared by both engines."""
+    records = read_task(files, task, routing.needed) if positions is None else read_at(files, task, positions)
     for rec in records:
         rtype, item = classify(rec, routing)
         if type(item) is str and item in wanted:
@@ -209,12 +210,16 @@ def _read(task_index: int, task: ReadTask) -> SpillResult:
     writer.flush()
     f = _CFG.files[task.file_index]
     size = (task.end if task.end >= 0 else f.size) - task.start
+    index = None
+    if not keep and routed.index.hashes:
+        index = _CFG.spill_dir / f"index-{task_index:06d}"
+        index.write_bytes(routed.index.to_bytes())
     path = None
     if bad:  # numbered once every task's line count is known (run_embedded)
         path = _CFG.parts_dir / f"read-{task_index:06d}.bad"
         path.write_bytes(b"".join(orjson.dumps([b.file_index, b.line, b.entry, b.reason]) + b"\n" for b in bad))
     return SpillResult(task_index, task, size, lines, routed.records, counts, side, path, routed.orders,
-                       routed.wanted, None if keep else routed.index)
+                       routed.wanted, index)
 
 
 @dataclass(frozen=True)
@@ -223,6 +228,7 @@ class Wanted:
 
     keys: frozenset[str]  # "Patient/<id>" (gather: a classified row's key)
     raw_keys: frozenset[bytes]  # the same as bytes (phase 2: a spilled line's first field)
+    hashes: frozenset[int]  # their key_hash (gather: what a RowIndex holds)
 
 
 def _wanted(cfg: _Config) -> Wanted:
@@ -230,16 +236,20 @@ def _wanted(cfg: _Config) -> Wanted:
     global _WANTED
     if _WANTED is None:
         keys = frozenset((cfg.spill_dir / "wanted.txt").read_text().split())
-        _WANTED = Wanted(keys, frozenset(k.encode() for k in keys))
+        _WANTED = Wanted(keys, frozenset(k.encode() for k in keys), frozenset(key_hash(k) for k in keys))
     return _WANTED
 
 
-def _gather(task_index: int, task: ReadTask, lines: Sequence[int]) -> None:
-    """Phase 1b for one NDJSON task: spill the rows of the patients to join, from the given lines."""
+def _gather(task_index: int, task: ReadTask, index: Path) -> None:
+    """Phase 1b for one NDJSON task: spill the rows of the patients to join, from the lines its index names."""
     assert _CFG is not None
-    writer = SpillWriter(_CFG.spill_dir, _CFG.n_shards, task_index)
-    gather(_CFG.files, task, _CFG.routing, _wanted(_CFG).keys, lines, writer.add)
-    writer.flush()
+    wanted = _wanted(_CFG)
+    positions = RowIndex.from_bytes(index.read_bytes()).positions_of(wanted.hashes)
+    index.unlink()
+    if positions:
+        writer = SpillWriter(_CFG.spill_dir, _CFG.n_shards, task_index)
+        gather(_CFG.files, task, _CFG.routing, wanted.keys, positions, writer.add)
+        writer.flush()
 
 
 def _number_bad_records(bad: Path, offset: int, paths: Sequence[str], out: Path) -> Path | None:
@@ -330,7 +340,7 @@ def run_embedded(files: Sequence[InputFile], tasks: Iterable[ReadTask], rules_di
     read: list[tuple[int, ReadTask, int]] = []
     bad_files: list[tuple[int, Path]] = []
     wanted: set[str] = set()
-    indexes: dict[int, RowIndex] = {}  # NDJSON tasks with rows: where they are
+    indexes: dict[int, Path] = {}  # NDJSON tasks with rows: where they are (RowIndex files)
     tick = progress or (lambda phase, adv, total, resources: None)
     total_bytes = sum(f.size for f in files)
     paths = [f.path for f in files]
@@ -344,7 +354,7 @@ def run_embedded(files: Sequence[InputFile], tasks: Iterable[ReadTask], rules_di
             bad_files.append((r.task_index, r.bad))
         result.evaluated += r.orders
         wanted.update(r.wanted)
-        if r.index is not None and r.index.lines:
+        if r.index is not None:
             indexes[r.task_index] = r.index
         tick("read", r.bytes_read, total_bytes, sum(r.counts.values()))
 
@@ -372,12 +382,9 @@ def run_embedded(files: Sequence[InputFile], tasks: Iterable[ReadTask], rules_di
         (spill_dir / "side.json").write_bytes(build_side_tables(s for _, s in side_rows).to_json())
         (spill_dir / "wanted.txt").write_bytes("\n".join(sorted(wanted)).encode())
         result.patients = len(wanted)
-        if wanted:  # phase 1b: the rows of the patients to join, from the NDJSON tasks' lines that hold them
-            hashes = frozenset(key_hash(k) for k in wanted)
-            again = [(_gather, (i, t, lines)) for i, t, _ in sorted(read, key=lambda r: r[0])
-                     if i in indexes and (lines := indexes[i].lines_of(hashes))]
+        if wanted:  # phase 1b: the rows of the patients to join, from the NDJSON lines that hold them
+            again = [(_gather, (i, t, indexes[i])) for i, t, _ in sorted(read, key=lambda r: r[0]) if i in indexes]
             _drain(pool, again, lambda _: tick("gather", 1, len(again), 0), workers * 4)
-        indexes.clear()
         del side_rows[:]
         for task_index, bad in bad_files:
             part = _number_bad_records(bad, offsets[task_index], paths, parts_dir / f"read-{task_index:06d}.errors")

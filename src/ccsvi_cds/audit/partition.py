@@ -133,20 +133,39 @@ def shard_of(key: str, n_shards: int) -> int:
 
 @dataclass
 class RowIndex:
-    """Where one read task's patient-keyed rows are: each row's line and the hash of its patient key (12
-    bytes a row). The first reading keeps this instead of the rows; once every order has been screened,
-    `lines_of` names the only lines to read again (a hash may collide: the rows read are classified again)."""
+    """Where one read task's patient-keyed rows are: the hash of each row's patient key, its line number and
+    where its line starts (20 bytes a row, nothing of the record). The first reading keeps this instead of
+    the rows; once every order has been screened, `positions_of` names the only lines to read again (a hash
+    may collide: the rows read are classified again)."""
 
     hashes: array[int] = field(default_factory=lambda: array("I"))
     lines: array[int] = field(default_factory=lambda: array("Q"))
+    offsets: array[int] = field(default_factory=lambda: array("Q"))
 
-    def add(self, row: Row) -> None:
-        self.hashes.append(key_hash(row.key))
-        self.lines.append(row.line)
+    def add(self, key: str, line: int, offset: int) -> None:
+        self.hashes.append(key_hash(key))
+        self.lines.append(line)
+        self.offsets.append(offset)
 
-    def lines_of(self, hashes: frozenset[int]) -> list[int]:
-        """The lines, ascending, with a row of a patient whose key hashes to one of ``hashes``."""
-        return sorted(set(compress(self.lines, map(hashes.__contains__, self.hashes))))
+    def positions_of(self, hashes: frozenset[int]) -> list[tuple[int, int]]:
+        """(offset, line) of each line, ascending, with a row of a patient whose key hashes to one of ``hashes``."""
+        hit = list(map(hashes.__contains__, self.hashes))
+        return sorted(set(zip(compress(self.offsets, hit), compress(self.lines, hit))))
+
+    def to_bytes(self) -> bytes:
+        return len(self.hashes).to_bytes(8, "little") + self.hashes.tobytes() + self.lines.tobytes() \
+            + self.offsets.tobytes()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> RowIndex:
+        n = int.from_bytes(data[:8], "little")
+        index = cls()
+        at = 8
+        for part in (index.hashes, index.lines, index.offsets):
+            end = at + n * part.itemsize
+            part.frombytes(data[at:end])
+            at = end
+        return index
 
 
 def row_head(row: Row, task: int = -1) -> bytes:

@@ -88,13 +88,15 @@ class ReadTask:
 
 @dataclass(slots=True)
 class Record:
-    """A parsed resource and where it came from. ``raw`` is the original NDJSON line (no re-serialising)."""
+    """A parsed resource and where it came from. ``raw`` is the original NDJSON line (no re-serialising);
+    ``offset`` where that line starts (in the decompressed stream of a gzip file), to read it again."""
 
     resource: dict[str, Any]
     raw: bytes | None
     file_index: int
     line: int | None
     entry: int | None
+    offset: int | None = None
 
 
 @dataclass(slots=True)
@@ -427,10 +429,13 @@ def _read_ndjson(f: InputFile, task: ReadTask, keep: frozenset[str] | None,
     # Whether the last resource was one to keep: Bulk Data files hold one type each, so the next one most
     # likely is too, and is then parsed once (orjson) rather than checked first (simdjson) and parsed again.
     kept = False  # stays False without simdjson (then every line is parsed with orjson anyway)
+    pos = 0 if f.gzip else task.start  # where the next line starts
     try:
         unterminated: list[bool] = []
         for line in _iter_lines(f, task, unterminated):
             line_no += 1
+            at = pos
+            pos += len(line) + 1
             try:
                 doc = obj = None
                 if kept:
@@ -472,11 +477,14 @@ def _read_ndjson(f: InputFile, task: ReadTask, keep: frozenset[str] | None,
                     yield BadRecord(idx, line_no, None, _bad_json(exc))
                     continue
             if rtype == "Bundle":  # a Bundle on one NDJSON line: read its entries
-                yield from _bundle_records(obj, idx, line_no)
+                for rec in _bundle_records(obj, idx, line_no):
+                    if type(rec) is Record:
+                        rec.offset = at
+                    yield rec
                 continue
             if line[-1:].isspace():
                 line = line.strip()
-            yield Record(obj, line, idx, line_no, None)
+            yield Record(obj, line, idx, line_no, None, at)
     except (OSError, EOFError, zlib.error) as exc:  # truncated or corrupt gzip: keep what was read
         yield BadRecord(idx, line_no + 1, None, _stopped(exc, f"at line {line_no + 1}"))
     if meta is not None:
@@ -486,26 +494,24 @@ def _read_ndjson(f: InputFile, task: ReadTask, keep: frozenset[str] | None,
 
 # ---------------------------------------------------------------------------------------------- gathering
 
-def read_lines(files: Sequence[InputFile], task: ReadTask, numbers: Iterable[int]) -> Iterator[Record]:
-    """The records on the given lines of an NDJSON task (ascending, numbered as ``read_task`` numbers them):
-    the second reading of the audit, which knows from the first where its rows are. The other lines are
-    split off but never parsed. What cannot be read is skipped without a word: the first reading reported it."""
-    wanted = iter(numbers)
-    want = next(wanted, None)
-    if want is None:
-        return
+def read_at(files: Sequence[InputFile], task: ReadTask, positions: Iterable[tuple[int, int]]) -> Iterator[Record]:
+    """The records on the lines at the given (offset, line number) positions of an NDJSON task, ascending (from
+    the first reading's `Record.offset` and `line`): the second reading of the audit reads those lines and no
+    other (a gzip file is decompressed up to each, without splitting what lies between). What cannot be read
+    is skipped without a word: the first reading reported it."""
+    f = files[task.file_index]
     try:
-        for line_no, line in enumerate(_iter_lines(files[task.file_index], task, []), task.first_line or 1):
-            if line_no == want:
-                yield from _line_records(line, task.file_index, line_no)
-                want = next(wanted, None)
-                if want is None:
-                    return
+        with _open(f.path, f.gzip) as fh:
+            for offset, line_no in positions:
+                fh.seek(offset)
+                line = fh.readline()
+                yield from _line_records(line[:-1] if line[-1:] == b"\n" else line, task.file_index, line_no,
+                                         offset)
     except (OSError, EOFError, zlib.error):
         return  # reported by the first reading, which did not read past the fault either
 
 
-def _line_records(line: bytes, idx: int, line_no: int) -> Iterator[Record]:
+def _line_records(line: bytes, idx: int, line_no: int, offset: int) -> Iterator[Record]:
     """One NDJSON line's records, read as ``_read_ndjson`` reads them (bad ones were reported there)."""
     try:
         obj = orjson.loads(line)
@@ -514,9 +520,12 @@ def _line_records(line: bytes, idx: int, line_no: int) -> Iterator[Record]:
     if not isinstance(obj, dict) or not isinstance(obj.get("resourceType"), str):
         return
     if obj["resourceType"] == "Bundle":
-        yield from (r for r in _bundle_records(obj, idx, line_no) if isinstance(r, Record))
+        for rec in _bundle_records(obj, idx, line_no):
+            if type(rec) is Record:
+                rec.offset = offset
+                yield rec
         return
-    yield Record(obj, line.strip() if line[-1:].isspace() else line, idx, line_no, None)
+    yield Record(obj, line.strip() if line[-1:].isspace() else line, idx, line_no, None, offset)
 
 
 def _iter_blocks(f: InputFile, task: ReadTask) -> Iterator[bytes]:

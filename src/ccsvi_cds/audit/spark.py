@@ -55,8 +55,8 @@ def _evaluator(pack_b: Any, rules_dir: str, digest: str | None, base_url: str | 
 def _screen(files: Sequence[InputFile], routing: Routing, pack_b: Any, rules_dir: str, digest: str | None,
             base_url: str | None, validate: bool, item: tuple[int, ReadTask]) -> Iterator[tuple[Any, ...]]:
     """Pass 1 over one read task: S side row, E error line, W a patient to join (an order some rule could
-    match), C per-type counts and where the task's rows are. No patient rows: most patients need no join, so
-    their rows never leave here."""
+    match), C per-type counts, I where the task's rows are (kept with the cached pass for pass 2, never
+    collected). No patient rows: most patients need no join, so their rows never leave here."""
     screen = _evaluator(pack_b, rules_dir, digest, base_url, validate).screen
     routed = read_and_route(files, item[1], routing, None, screen)  # Spark's tasks know their lines
     errors = [error_line(files[b.file_index].path, b.file_index, b.line, b.entry, b.reason) for b in routed.bad]
@@ -66,16 +66,22 @@ def _screen(files: Sequence[InputFile], routing: Routing, pack_b: Any, rules_dir
         yield ("E", k, v)
     for key in routed.wanted:
         yield ("W", key)
-    yield ("C", dict(routed.counts), len(errors), item[1].file_index, routed.records, routed.orders, item[0],
-           routed.index)
+    yield ("C", dict(routed.counts), len(errors), item[1].file_index, routed.records, routed.orders)
+    if routed.index.hashes:
+        yield ("I", item[0], routed.index)
 
 
-def _rows(files: Sequence[InputFile], routing: Routing, wanted_b: Any,
-          item: tuple[int, ReadTask, list[int] | None]) -> Iterator[tuple[str, tuple[Any, ...]]]:
-    """Pass 2 over one read task: the rows of the patients to join, keyed for the group by patient (in NDJSON
-    only the lines pass 1 found them on are parsed: `gather`)."""
+def _rows(files: Sequence[InputFile], tasks: Sequence[ReadTask], routing: Routing, wanted_b: Any, hashes_b: Any,
+          item: tuple[str, int, RowIndex]) -> Iterator[tuple[str, tuple[Any, ...]]]:
+    """Pass 2 over one read task (pass 1's I item): the rows of the patients to join, keyed for the group by
+    patient (in NDJSON only the lines pass 1 found them on are parsed: `gather`; a Bundle file in full)."""
+    positions = item[2].positions_of(hashes_b.value)
+    if not positions:
+        return
+    task = tasks[item[1]]
     rows: list[Row] = []
-    gather(files, item[1], routing, wanted_b.value, item[2], rows.append)
+    gather(files, task, routing, wanted_b.value, positions if files[task.file_index].kind == "ndjson" else None,
+           rows.append)
     for r in rows:
         yield r.key, (r.rtype, r.file_index, r.line, r.entry, r.raw)
 
@@ -203,7 +209,6 @@ def run_spark(files: Sequence[InputFile], rules_dir: Path, workdir: Path,
         counts: Counter[str] = Counter()
         side_rows = []
         wanted: set[str] = set()
-        indexes: dict[int, RowIndex] = {}  # tasks with rows: where they are
         n_read_errors = 0
         # collect (not toLocalIterator): computes and caches every partition in parallel; this part is small.
         records: Counter[int] = Counter()
@@ -218,34 +223,31 @@ def run_spark(files: Sequence[InputFile], rules_dir: Path, workdir: Path,
                 n_read_errors += rest[1]
                 records[rest[2]] += rest[3]
                 result.evaluated += rest[4]
-                if rest[6].lines:
-                    indexes[rest[5]] = rest[6]
         side_b = sc.broadcast(build_side_tables(side_rows))
         wanted_b = sc.broadcast(frozenset(wanted))
+        hashes_b = sc.broadcast(frozenset(key_hash(k) for k in wanted))
         del side_rows
         result.read_counts, result.records_by_file, result.patients = dict(sorted(counts.items())), dict(records), \
             len(wanted)
         read_errors = _write_sorted(items.filter(lambda x: x[0] == "E").map(lambda x: (x[1], x[2])),
                                     parts / "read.errors", n_read_errors)
-    finally:
-        items.unpersist()
-    # Pass 2: read again, keep only the wanted patients' rows, group them by patient, evaluate where they are.
-    # Only the joined patients' rows are shuffled (a small share of the input): a few groups per core.
-    n_groups = max(1, min(len(wanted), TASKS_PER_CORE * sc.defaultParallelism))
-    hashes = frozenset(key_hash(k) for k in wanted)
-    gather_tasks = [(i, t, lines if files[t.file_index].kind == "ndjson" else None)  # a Bundle file: in full
-                    for i, t in enumerate(tasks) if i in indexes and (lines := indexes[i].lines_of(hashes))]
-    out = (sc.parallelize(gather_tasks, max(1, len(gather_tasks)))
-           .flatMap(lambda t: _rows(files_t, routing, wanted_b, t))
-           .groupByKey(n_groups)
-           .mapPartitions(lambda g: _evaluate(g, side_b, pack_b, rules, digest, base_url, validate, paths)))
-    out.persist(StorageLevel.MEMORY_AND_DISK)
-    try:
+        # Pass 2: from each task's index (cached where pass 1 ran), read again only the lines of the wanted
+        # patients' rows, group them by patient, evaluate where they are. Only those rows are shuffled (a small
+        # share of the input): a few groups per core.
+        n_groups = max(1, min(len(wanted), TASKS_PER_CORE * sc.defaultParallelism))
+        out = (items.filter(lambda x: x[0] == "I")
+               .flatMap(lambda x: _rows(files_t, tasks, routing, wanted_b, hashes_b, x))
+               .groupByKey(n_groups)
+               .mapPartitions(lambda g: _evaluate(g, side_b, pack_b, rules, digest, base_url, validate, paths)))
+        out.persist(StorageLevel.MEMORY_AND_DISK)
         n_findings = n_errors = 0
         for _, nf, ne, correction in out.filter(lambda x: x[0] == "N").collect():
             n_findings += nf
             n_errors += ne
             result.evaluated += correction
+    finally:
+        items.unpersist()
+    try:
         findings = _write_sorted(out.filter(lambda x: x[0] == "F").map(lambda x: (x[1], x[2])),
                                  parts / "spark.findings", n_findings)
         errors = _write_sorted(out.filter(lambda x: x[0] == "E").map(lambda x: (x[1], x[2])),
@@ -254,7 +256,7 @@ def run_spark(files: Sequence[InputFile], rules_dir: Path, workdir: Path,
         out.unpersist()
     result.finding_parts = [p for p in (findings,) if p]
     result.error_parts = [p for p in (read_errors, errors) if p]
-    for b in (side_b, wanted_b, pack_b):
+    for b in (side_b, wanted_b, hashes_b, pack_b):
         if b is not None:
             b.unpersist()
     return result
