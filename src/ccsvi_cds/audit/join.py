@@ -116,15 +116,13 @@ def _requester(ref: str | None, display: str | None, side: SideTables) -> dict[s
     }
 
 
-def _plain(value: Any) -> Any:
-    """JSON-safe copy of matched facts (tuples -> lists, sets -> sorted lists)."""
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+def _json_default(value: Any) -> Any:
+    """What orjson cannot write itself in matched facts and cards: sets (as sorted lists), other mappings."""
     if isinstance(value, (set, frozenset)):
-        return sorted(_plain(v) for v in value)
-    return value
+        return sorted(value)
+    if isinstance(value, Mapping):
+        return dict(value)
+    raise TypeError(f"not JSON: {type(value).__name__}")
 
 
 def evaluate_patient(
@@ -176,13 +174,13 @@ def evaluate_patient(
             **_requester(f.requester, f.requester_display, side),
             "authoredOn": f.authored_on,
             "status": f.status,
-            "matched": _plain(f.matched),
+            "matched": f.matched,
             "source": {"file": file_paths[row.file_index], "line": row.line or None, "entry": row.entry or None},
-            "card": _plain(f.card),
+            "card": f.card,
         }
         out.findings.append((
             sort_key(row.file_index, row.line, row.entry, f.order_ref, f.rule_id, f"{seq:04d}"),
-            orjson.dumps(rec),
+            orjson.dumps(rec, default=_json_default, option=orjson.OPT_NON_STR_KEYS),
         ))
     return out
 
