@@ -156,24 +156,25 @@ def read_and_route(files: Sequence[InputFile], task: ReadTask, routing: Routing,
     meta: dict[str, int] = {}
     wanted: set[str] = set()
     index = RowIndex()
-    add_hash, add_line, add_offset = index.hashes.append, index.lines.append, index.offsets.append  # RowIndex.add
+    add_hash, add_line, add_offset = index.hashes.append, index.lines.append, index.offsets.append  # hot: bound once
     orders = 0
     not_evaluated, candidate = OrderScreen.NOT_EVALUATED, OrderScreen.CANDIDATE
     for rec in read_task(files, task, routing.needed, counted, meta):  # the audit's hot loop
         rtype, item = classify(rec, routing)
         if rtype is not None:
             counts[rtype] = counts.get(rtype, 0) + 1
-        if type(item) is str:  # the patient key of a Record's row
+        if type(item) is str:  # the patient key of a row
+            record: Record = rec  # type: ignore[assignment]  # classify keys Records only
             if screen is not None and rtype == "ServiceRequest":
-                verdict = screen(rec.resource)  # type: ignore[union-attr]  # a key comes from a Record
+                verdict = screen(record.resource)
                 orders += verdict is not not_evaluated
                 if verdict is candidate:
                     wanted.add(item)
-            add_hash(key_hash(item))  # RowIndex.add, inline: once per record
-            add_line(rec.line or 0)
-            add_offset(rec.offset or 0)  # type: ignore[union-attr]
+            add_hash(key_hash(item))
+            add_line(record.line or 0)
+            add_offset(record.offset or 0)
             if on_row is not None:
-                on_row(row_of(rec, rtype, item))  # type: ignore[arg-type]
+                on_row(row_of(record, rtype or "", item))
         elif type(item) is SideRow:
             side.append(item)
         elif type(item) is BadRecord:

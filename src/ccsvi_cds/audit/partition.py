@@ -142,11 +142,6 @@ class RowIndex:
     lines: array[int] = field(default_factory=lambda: array("Q"))
     offsets: array[int] = field(default_factory=lambda: array("Q"))
 
-    def add(self, key: str, line: int, offset: int) -> None:
-        self.hashes.append(key_hash(key))
-        self.lines.append(line)
-        self.offsets.append(offset)
-
     def positions_of(self, hashes: frozenset[int]) -> list[tuple[int, int]]:
         """(offset, line) of each line, ascending, with a row of a patient whose key hashes to one of ``hashes``."""
         hit = list(map(hashes.__contains__, self.hashes))
