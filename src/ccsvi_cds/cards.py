@@ -69,6 +69,8 @@ class CardBuilder:
         self.base_url = base_url.rstrip("/")
         self.env = template_env(pack.evidence, strict=strict)
         self._details = {r.id: self.env.from_string(inline_citations(r.card.detail, pack.evidence)) for r in pack.rules}
+        for template in self._details.values():  # the globals are fixed once the environment is built: a
+            template.globals = dict(template.globals)  # plain copy, not a ChainMap walked on every render
         self._reasons = {r.code: r for r in pack.manifest.override_reasons}
         self._links = {link.id: link for link in pack.manifest.links}
         # The parts of a card that depend only on the pack are built once and shared by every card:
