@@ -32,6 +32,7 @@ from ccsvi_cds.rulepack.model import RecordPolicy, TrialPolicy
 
 RESEARCH_STUDY_EXT = "http://hl7.org/fhir/StructureDefinition/workflow-researchStudy"
 OWN_ELEMENTS = ("status", "code", "bodySite")  # all `Projector.own_fields` reads of a resource
+OWN_CACHE_SIZE = 50_000  # distinct (status, code, bodySite) kept by `Projector._own_parts`
 Fact = dict[str, Any]
 
 
@@ -161,6 +162,7 @@ class Projector:
         self.trial_policy = trial
         self.policy = policy
         self._subtype_rank = {s.condition: (i, s.subtype) for i, s in enumerate(policy.ms_subtypes)}
+        self._owned: dict[bytes, tuple[Coded, Coded, dict[str, Any]]] = {}  # see `_own_parts`
 
     # --- conditions and MS evidence
 
@@ -231,7 +233,25 @@ class Projector:
     def own_fields(self, res: Resource, path: str) -> dict[str, Any]:
         """The fields a ServiceRequest or Procedure fact takes from its own resource alone (requirements.own_fields):
         the same values its full projection gets, so a record can be judged before any join."""
-        return self._own(res, path, *self._what_where(res, path))
+        return dict(self._own_parts(res, path)[2])
+
+    def _own_parts(self, res: Resource, path: str) -> tuple[Coded, Coded, dict[str, Any]]:
+        """(what, where, own fields) of a ServiceRequest or Procedure, memoised on `own_key`: orders and
+        procedures repeat a few hundred codes, and reading and classifying them was most of a projection.
+        Shared between calls, so read-only. A malformed resource raises every time (nothing is kept)."""
+        try:
+            key = self.own_key(res)
+        except orjson.JSONEncodeError:  # e.g. nested deeper than orjson encodes: judged without the memo
+            what, where = self._what_where(res, path)
+            return what, where, self._own(res, path, what, where)
+        parts = self._owned.get(key)
+        if parts is None:
+            what, where = self._what_where(res, path)
+            parts = (what, where, self._own(res, path, what, where))
+            if len(self._owned) >= OWN_CACHE_SIZE:
+                self._owned.clear()
+            self._owned[key] = parts
+        return parts
 
     @staticmethod
     def own_key(res: Resource) -> bytes:
@@ -252,7 +272,7 @@ class Projector:
         """(what is done, where, why as classified values; the reason as read) for a ServiceRequest or a
         Procedure."""
         res, path = item.resource, item.path
-        what, where = self._what_where(res, path)
+        what, _, own = self._own_parts(res, path)
         why, _ = self.reasons(records, item, issues)
         instruction = res.get("patientInstruction")
         why.add_text(instruction if isinstance(instruction, str) else None, f"{path}.patientInstruction")
@@ -260,7 +280,7 @@ class Projector:
         reason.extend(why)
         why.texts.extend(what.texts)
         fields = {
-            **self._own(res, path, what, where),
+            **own,
             "reason": self.classify("reason", why),
             "text": "; ".join(dict.fromkeys(what.texts + [d for _, d in what.codings if d]))[:200] or None,
         }

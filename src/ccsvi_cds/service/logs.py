@@ -45,9 +45,8 @@ def json_line(created: float, level: str, logger: str, msg: str, fields: Mapping
         if key in _STANDARD or key.startswith("_"):
             continue
         kind = type(value)  # `bounded`, with its commonest cases (an access line's ids and counts) first
-        if kind is int or kind is float or kind is bool or value is None:
-            out[key] = value
-        elif kind is str and len(value) <= MAX_VALUE_CHARS and value.isprintable():
+        plain = kind is int or kind is float or kind is bool or value is None
+        if plain or (kind is str and len(value) <= MAX_VALUE_CHARS and value.isprintable()):
             out[key] = value
         else:
             out[key] = bounded(value)

@@ -1,0 +1,43 @@
+"""What an order or procedure says by its own code, body site and status is read and classified once per
+distinct value (`Projector._own_parts`): the rest of each resource is still read from the resource itself,
+and a malformed one is reported where it is, every time."""
+
+from __future__ import annotations
+
+from builders import CPT, concept, condition, order, procedure
+
+from ccsvi_cds.evaluate import Evaluator
+from ccsvi_cds.facts.issues import IssueKind
+
+
+def _orders(result: Evaluator, resources: list[dict]) -> dict[str, dict]:
+    records = result.read(resources)
+    (group,) = records.patients.values()
+    facts = result._project.project(records, group, [])
+    return {f["ref"]: f for f in facts.facts if f["kind"] in ("order", "procedure")}
+
+
+def test_orders_sharing_their_code_keep_their_own_reason_text_and_status(pack):
+    evaluator = Evaluator(pack)
+    first = order(sid="a", reason=[concept(text="multiple sclerosis")])
+    second = order(sid="b", reason=[concept(text="dialysis access stenosis")], authoredOn="2026-12-01")
+    third = order(sid="c", status="active")
+    facts = _orders(evaluator, [condition(), first, second, third, procedure(prid="p1"), procedure(prid="p2")])
+    a, b, c = (facts[f"ServiceRequest/{x}"] for x in "abc")
+    assert (a["procedure"], a["site"], a["vessel"]) == (b["procedure"], b["site"], b["vessel"]) == ("angioplasty",
+                                                                                                "outflow", "vein")
+    assert a["reason"] != b["reason"] and b["authored"] == "2026-12-01" and c["status"] == "active"
+    assert facts["Procedure/p1"]["procedure"] == facts["Procedure/p2"]["procedure"]
+    again = _orders(evaluator, [condition(), first, second, third])  # from the memo: the same facts
+    assert again == {k: v for k, v in facts.items() if k.startswith("ServiceRequest/")}
+
+
+def test_a_malformed_code_is_reported_at_its_own_path_each_time(pack):
+    evaluator = Evaluator(pack)
+    bad = order(CPT, sid="x", code={"coding": "not-a-list"})  # type: ignore[arg-type]
+    for at in (1, 3):
+        others = [condition(cid=f"c{i}") for i in range(at)]
+        result = evaluator.evaluate([*others, bad])
+        paths = [i.path for i in result.issues if i.kind is IssueKind.MALFORMED]
+        assert paths and all(p.startswith(f"resources[{at}].code.coding") for p in paths), paths
+        assert result.findings == []
