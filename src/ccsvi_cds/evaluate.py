@@ -99,7 +99,9 @@ class Evaluator:
         self._cards = CardBuilder(pack, base_url)
         self._rules = {r.id: r for r in pack.rules}
         self._priority = {r.id: r.priority for r in pack.rules}
-        self._admit = admission(pack.rules)
+        self._admit = {kind: (tuple(sorted({name for option in options for name, _ in option})), options)
+                       for kind, options in admission(pack.rules).items()}
+        self._admissions: dict[tuple[Any, ...], bool] = {}
         self._screen = screen(pack.rules, "order", own_fields("order"))
         self._verdicts: dict[bytes, OrderScreen] = {}
 
@@ -109,11 +111,21 @@ class Evaluator:
         self._classify.warm()
 
     def _admitted(self, fact: dict[str, Any]) -> bool:
-        """Whether some rule could match `fact` (`admission`): only those enter the engine."""
-        options = self._admit.get(fact["kind"])
-        if options is None:
+        """Whether some rule could match `fact` (`admission`): only those enter the engine. Memoised on the
+        values the patterns read (a handful of classified values: few distinct combinations)."""
+        kind = fact["kind"]
+        entry = self._admit.get(kind)
+        if entry is None:
             return False  # no rule mentions this kind of fact
-        return any(all(fact.get(name) in allowed for name, allowed in option) for option in options)
+        names, options = entry
+        key = (kind, *map(fact.get, names))
+        verdict = self._admissions.get(key)
+        if verdict is None:
+            verdict = any(all(fact.get(name) in allowed for name, allowed in option) for option in options)
+            if len(self._admissions) >= SCREEN_CACHE_SIZE:
+                self._admissions.clear()
+            self._admissions[key] = verdict
+        return verdict
 
     def screen(self, order: Resource) -> OrderScreen:
         """Judge one ServiceRequest by its own fields against a relaxation of every rule's order pattern: a
