@@ -41,3 +41,25 @@ def test_a_malformed_code_is_reported_at_its_own_path_each_time(pack):
         paths = [i.path for i in result.issues if i.kind is IssueKind.MALFORMED]
         assert paths and all(p.startswith(f"resources[{at}].code.coding") for p in paths), paths
         assert result.findings == []
+
+
+def test_conditions_sharing_their_code_keep_their_own_verification(pack):
+    evaluator = Evaluator(pack)
+    refuted = condition(cid="c1", verification="refuted")
+    confirmed = condition(cid="c2")
+    for resources, ms in (([refuted, order()], "no"), ([refuted, confirmed, order()], "yes"), ([refuted, order()], "no")):
+        records = evaluator.read(resources)
+        (group,) = records.patients.values()
+        patient = evaluator._project.project(records, group, []).facts[0]
+        assert patient["ms"] == ms and patient["ms_conditions"] == ("Condition/c2" if ms == "yes" else None)
+
+
+def test_a_malformed_condition_code_is_reported_only_where_it_counts(pack):
+    evaluator = Evaluator(pack)
+    for at in (0, 2):
+        bad = condition(code={"coding": 1}, cid=f"bad{at}")  # type: ignore[arg-type]
+        excluded = {**bad, "id": f"ex{at}", "verificationStatus": {"coding": [{"code": "entered-in-error"}]}}
+        result = evaluator.evaluate([*[condition(cid=f"c{i}", code="38341003") for i in range(at)], excluded, bad,
+                                     order()])
+        paths = [i.path for i in result.issues if i.kind is IssueKind.MALFORMED]
+        assert paths and all(p.startswith(f"resources[{at + 1}].code") for p in paths), paths

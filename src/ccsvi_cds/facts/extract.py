@@ -32,7 +32,7 @@ from ccsvi_cds.rulepack.model import RecordPolicy, TrialPolicy
 
 RESEARCH_STUDY_EXT = "http://hl7.org/fhir/StructureDefinition/workflow-researchStudy"
 OWN_ELEMENTS = ("status", "code", "bodySite")  # all `Projector.own_fields` reads of a resource
-OWN_CACHE_SIZE = 50_000  # distinct (status, code, bodySite) kept by `Projector._own_parts`
+OWN_CACHE_SIZE = 50_000  # distinct values kept by `Projector._own_parts` and `Projector._condition`
 Fact = dict[str, Any]
 
 
@@ -163,12 +163,36 @@ class Projector:
         self.policy = policy
         self._subtype_rank = {s.condition: (i, s.subtype) for i, s in enumerate(policy.ms_subtypes)}
         self._owned: dict[bytes, tuple[Coded, Coded, dict[str, Any]]] = {}  # see `_own_parts`
+        self._conditions: dict[bytes, tuple[bool, tuple[int, str] | None]] = {}  # see `_condition`
 
     # --- conditions and MS evidence
 
     def condition_counts(self, res: Resource, path: str) -> bool:
         verification = _concept_code(res.get("verificationStatus"), f"{path}.verificationStatus")
         return verification not in self.policy.condition_excluded_verification
+
+    def _condition(self, res: Resource, path: str) -> tuple[bool, tuple[int, str] | None]:
+        """(whether a Condition counts, the MS rank its code gives if it does), memoised on what they read
+        (verificationStatus, code): patients' problem lists repeat the same few codes. A malformed one raises
+        every time (nothing is kept)."""
+        try:
+            key = orjson.dumps((res.get("verificationStatus"), res.get("code")))
+        except orjson.JSONEncodeError:  # e.g. nested deeper than orjson encodes: judged without the memo
+            key = None
+        found = self._conditions.get(key) if key is not None else None
+        if found is None:
+            rank = None
+            counts = self.condition_counts(res, path)
+            if counts:
+                coded = Coded()
+                coded.add_concept(res.get("code"), f"{path}.code")
+                rank = self.ms_rank(coded)
+            found = (counts, rank)
+            if key is not None:
+                if len(self._conditions) >= OWN_CACHE_SIZE:
+                    self._conditions.clear()
+                self._conditions[key] = found
+        return found
 
     def ms_rank(self, coded: Coded) -> tuple[int, str] | None:
         """(precedence, subtype) of the MS value `coded` gives, or None. When it is MS, the text alone may
@@ -329,11 +353,9 @@ class Projector:
             rtype = res["resourceType"]
             try:
                 if rtype == "Condition":
-                    if not self.condition_counts(res, path):
+                    counts, rank = self._condition(res, path)
+                    if not counts:
                         continue
-                    coded = Coded()
-                    coded.add_concept(res.get("code"), f"{path}.code")
-                    rank = self.ms_rank(coded)
                     if rank is not None:
                         ms.append(rank)
                         ms_conditions.add(_key(item))
