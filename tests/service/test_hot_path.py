@@ -164,3 +164,13 @@ def test_hook_calls_taken_past_the_router_answer_as_through_it(app_factory: Any)
     svc.post(SIGN, p.order_sign())
     svc.post(SIGN, p.order_sign(), headers=origin)
     assert answered() == before + 2
+
+
+def test_commit_time_is_written_as_datetime_writes_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from datetime import UTC, datetime
+
+    from ccsvi_cds.service import feedback_store
+
+    for now in (86_400 * 365 + 59.0994, 86_400 * 365 + 60.5, 1_796_215_675.25, 1_796_215_675.999):
+        monkeypatch.setattr(feedback_store.time, "time", lambda now=now: now)
+        assert feedback_store._now() == datetime.fromtimestamp(now, UTC).isoformat(timespec="milliseconds")
