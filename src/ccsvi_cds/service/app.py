@@ -233,7 +233,7 @@ class Front:
     """
 
     def __init__(self, app: ASGIApp, limit: int, hook: Callable[[Request], Awaitable[Response]],
-                 **cors: Any) -> None:
+                 cors: dict[str, Any]) -> None:
         self.app = app
         self.limit = limit
         self.in_flight = 0
@@ -352,8 +352,9 @@ def create_app(settings: ServiceSettings | None = None) -> Starlette:
         Route("/patient-info/{page}", guarded(patient_info, "patient-info"), methods=["GET"]),
     ]
     middleware = [
-        Middleware(Front, limit=settings.max_in_flight, hook=hook, allow_origins=settings.cors_origins,
-                   allow_methods=["GET", "POST", "OPTIONS"], allow_headers=settings.cors_headers, max_age=600),
+        Middleware(Front, limit=settings.max_in_flight, hook=hook,
+                   cors={"allow_origins": settings.cors_origins, "allow_methods": ["GET", "POST", "OPTIONS"],
+                         "allow_headers": settings.cors_headers, "max_age": 600}),
     ]
     app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan,
                     exception_handlers={HTTPException: http_error})

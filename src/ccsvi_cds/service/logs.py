@@ -46,7 +46,7 @@ def json_line(created: float, level: str, logger: str, msg: str, fields: Mapping
             continue
         kind = type(value)  # `bounded`, with its commonest cases (an access line's ids and counts) first
         plain = kind is int or kind is float or kind is bool or value is None
-        if plain or (kind is str and len(value) <= MAX_VALUE_CHARS and value.isprintable()):
+        if plain or (isinstance(value, str) and len(value) <= MAX_VALUE_CHARS and value.isprintable()):
             out[key] = value
         else:
             out[key] = bounded(value)
