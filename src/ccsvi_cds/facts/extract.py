@@ -126,11 +126,17 @@ def _study_refs(records: Records, item: Located) -> Iterator[tuple[str, Ref | No
         yield f"{epath}.valueReference", records.reference(ext.get("valueReference"), f"{epath}.valueReference", key)
 
 
+_REFERRING = frozenset(("reasonReference", "reason", "extension"))  # what the two readers above read
+
+
 def followed_references(records: Records) -> Iterator[Ref]:
     """Every reference the projection follows, for shells that can fetch what the input lacks."""
     for group in records.patients.values():
         for item in group.items:
-            rtype = item.resource["resourceType"]
+            res = item.resource
+            rtype = res["resourceType"]
+            if rtype != "ResearchSubject" and not _REFERRING.intersection(res):
+                continue  # none of the elements `_reason_refs` and `_study_refs` read: no reference to follow
             try:
                 if rtype in ("ServiceRequest", "Procedure"):
                     yield from (ref for _, _, ref in _reason_refs(records, item) if ref is not None)
