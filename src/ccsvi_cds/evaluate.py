@@ -86,6 +86,15 @@ def admission(rules: tuple[Rule, ...]) -> dict[str, tuple[Constraint, ...]]:
     return {kind: screen(rules, kind, frozenset(names)) for kind, names in fields.items()}
 
 
+def _named_values(options: tuple[Constraint, ...]) -> tuple[tuple[str, frozenset[str]], ...]:
+    """Each field the `options` constrain, with every value any of them names for it."""
+    named: dict[str, set[str]] = {}
+    for option in options:
+        for name, allowed in option:
+            named.setdefault(name, set()).update(allowed)
+    return tuple((name, frozenset(values)) for name, values in sorted(named.items()))
+
+
 class Evaluator:
     """A compiled pack ready to evaluate. Build one per process: the engine is not thread-safe or picklable."""
 
@@ -99,8 +108,7 @@ class Evaluator:
         self._cards = CardBuilder(pack, base_url)
         self._rules = {r.id: r for r in pack.rules}
         self._priority = {r.id: r.priority for r in pack.rules}
-        self._admit = {kind: (tuple(sorted({name for option in options for name, _ in option})), options)
-                       for kind, options in admission(pack.rules).items()}
+        self._admit = {kind: (_named_values(options), options) for kind, options in admission(pack.rules).items()}
         self._admissions: dict[tuple[Any, ...], bool] = {}
         self._screen = screen(pack.rules, "order", own_fields("order"))
         self._verdicts: dict[bytes, OrderScreen] = {}
@@ -112,13 +120,15 @@ class Evaluator:
 
     def _admitted(self, fact: dict[str, Any]) -> bool:
         """Whether some rule could match `fact` (`admission`): only those enter the engine. Memoised on the
-        values the patterns read (a handful of classified values: few distinct combinations)."""
+        values the patterns read, each one a value some pattern names or None (for any other, which no pattern
+        accepts): the memo holds at most the combinations of the rules' own values."""
         kind = fact["kind"]
         entry = self._admit.get(kind)
         if entry is None:
             return False  # no rule mentions this kind of fact
-        names, options = entry
-        key = (kind, *map(fact.get, names))
+        named, options = entry
+        get = fact.get
+        key = (kind, *[value if (value := get(name)) in values else None for name, values in named])
         verdict = self._admissions.get(key)
         if verdict is None:
             verdict = any(all(fact.get(name) in allowed for name, allowed in option) for option in options)

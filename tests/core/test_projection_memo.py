@@ -63,3 +63,17 @@ def test_a_malformed_condition_code_is_reported_only_where_it_counts(pack):
                                      order()])
         paths = [i.path for i in result.issues if i.kind is IssueKind.MALFORMED]
         assert paths and all(p.startswith(f"resources[{at + 1}].code") for p in paths), paths
+
+
+def test_the_memos_stay_small_whatever_clients_send(pack):
+    """A client can send long codes and displays, and statuses of its own: none of that is kept."""
+    from builders import procedure
+
+    evaluator = Evaluator(pack)
+    long_text = "Transluminal balloon angioplasty of the internal jugular vein " * 40
+    for i in range(30):
+        resources = [condition(), order(text=f"{long_text} {i}"), procedure(status=f"odd-status-{i}" * 5)]
+        result = evaluator.evaluate(resources)
+        assert [f.rule_id for f in result.findings] == ["venous-angioplasty-ms"]
+    assert all(len(key) <= 1024 for key in evaluator._project._owned)
+    assert len(evaluator._admissions) <= 3  # the patient, the order and the procedure: one combination each

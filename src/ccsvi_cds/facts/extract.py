@@ -32,7 +32,10 @@ from ccsvi_cds.rulepack.model import RecordPolicy, TrialPolicy
 
 RESEARCH_STUDY_EXT = "http://hl7.org/fhir/StructureDefinition/workflow-researchStudy"
 OWN_ELEMENTS = ("status", "code", "bodySite")  # all `Projector.own_fields` reads of a resource
-OWN_CACHE_SIZE = 50_000  # distinct values kept by `Projector._own_parts` and `Projector._condition`
+# Memos of `Projector._own_parts` and `Projector._condition`: at most this many distinct values each, and none
+# whose key is longer (a client can send long codes and displays: the memory a memo holds stays bounded).
+MEMO_SIZE = 10_000
+MEMO_KEY_BYTES = 1024
 Fact = dict[str, Any]
 
 
@@ -126,6 +129,16 @@ def _study_refs(records: Records, item: Located) -> Iterator[tuple[str, Ref | No
         yield f"{epath}.valueReference", records.reference(ext.get("valueReference"), f"{epath}.valueReference", key)
 
 
+def _memo_key(value: Any) -> bytes | None:
+    """`value` as bytes to memoise on, or None (judge it without the memo): too long to keep, or not encodable
+    (e.g. nested deeper than orjson encodes)."""
+    try:
+        key = orjson.dumps(value)
+    except orjson.JSONEncodeError:
+        return None
+    return key if len(key) <= MEMO_KEY_BYTES else None
+
+
 _REFERRING = frozenset(("reasonReference", "reason", "extension"))  # what the two readers above read
 
 
@@ -181,10 +194,7 @@ class Projector:
         """(whether a Condition counts, the MS rank its code gives if it does), memoised on what they read
         (verificationStatus, code): patients' problem lists repeat the same few codes. A malformed one raises
         every time (nothing is kept)."""
-        try:
-            key = orjson.dumps((res.get("verificationStatus"), res.get("code")))
-        except orjson.JSONEncodeError:  # e.g. nested deeper than orjson encodes: judged without the memo
-            key = None
+        key = _memo_key((res.get("verificationStatus"), res.get("code")))
         found = self._conditions.get(key) if key is not None else None
         if found is None:
             rank = None
@@ -195,7 +205,7 @@ class Projector:
                 rank = self.ms_rank(coded)
             found = (counts, rank)
             if key is not None:
-                if len(self._conditions) >= OWN_CACHE_SIZE:
+                if len(self._conditions) >= MEMO_SIZE:
                     self._conditions.clear()
                 self._conditions[key] = found
         return found
@@ -269,18 +279,16 @@ class Projector:
         """(what, where, own fields) of a ServiceRequest or Procedure, memoised on `own_key`: orders and
         procedures repeat a few hundred codes, and reading and classifying them was most of a projection.
         Shared between calls, so read-only. A malformed resource raises every time (nothing is kept)."""
-        try:
-            key = self.own_key(res)
-        except orjson.JSONEncodeError:  # e.g. nested deeper than orjson encodes: judged without the memo
-            what, where = self._what_where(res, path)
-            return what, where, self._own(res, path, what, where)
-        parts = self._owned.get(key)
+        get = res.get
+        key = _memo_key((get("status"), get("code"), get("bodySite")))  # own_key's value, bounded
+        parts = self._owned.get(key) if key is not None else None
         if parts is None:
             what, where = self._what_where(res, path)
             parts = (what, where, self._own(res, path, what, where))
-            if len(self._owned) >= OWN_CACHE_SIZE:
-                self._owned.clear()
-            self._owned[key] = parts
+            if key is not None:
+                if len(self._owned) >= MEMO_SIZE:
+                    self._owned.clear()
+                self._owned[key] = parts
         return parts
 
     @staticmethod
