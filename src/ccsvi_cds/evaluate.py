@@ -21,8 +21,9 @@ from ccsvi_cds.facts.issues import Issue, IssueKind
 from ccsvi_cds.facts.records import Item, Records, read_document, read_records, read_request
 from ccsvi_cds.facts.requirements import DataRequirements, data_requirements, own_fields
 from ccsvi_cds.facts.validate import validation_errors
-from ccsvi_cds.rulepack.compiler import admission_filter, compile_rules, rule_id_of, screen
+from ccsvi_cds.rulepack.compiler import Constraint, compile_rules, rule_id_of, screen
 from ccsvi_cds.rulepack.loader import RulePack
+from ccsvi_cds.rulepack.model import Rule
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8080"
 SEVERITY = {"critical": 0, "warning": 1, "info": 2}
@@ -70,6 +71,30 @@ class Evaluation:
         return [f.card for f in self.findings]
 
 
+def admission(rules: tuple[Rule, ...]) -> dict[str, tuple[Constraint, ...]]:
+    """Per fact kind, the alternatives under which a fact of that kind could match some pattern of some rule
+    (`screen` on every field the patterns name): a fact that meets none matches no rule, so it need not enter
+    the engine, whose cost is per fact asserted (the idea of a Rete alpha network, applied before the C core).
+    An unrelated order, and an angioplasty of a dialysis circuit, stop here."""
+    fields: dict[str, set[str]] = {}
+    for rule in rules:
+        for alternative in rule.when:
+            for pattern in alternative.values():
+                named = fields.setdefault(pattern.fact, set())
+                for where in (pattern.where, *pattern.any):
+                    named.update(where)
+    return {kind: screen(rules, kind, frozenset(names)) for kind, names in fields.items()}
+
+
+def _named_values(options: tuple[Constraint, ...]) -> tuple[tuple[str, frozenset[str]], ...]:
+    """Each field the `options` constrain, with every value any of them names for it."""
+    named: dict[str, set[str]] = {}
+    for option in options:
+        for name, allowed in option:
+            named.setdefault(name, set()).update(allowed)
+    return tuple((name, frozenset(values)) for name, values in sorted(named.items()))
+
+
 class Evaluator:
     """A compiled pack ready to evaluate. Build one per process: the engine is not thread-safe or picklable."""
 
@@ -83,8 +108,8 @@ class Evaluator:
         self._cards = CardBuilder(pack, base_url)
         self._rules = {r.id: r for r in pack.rules}
         self._priority = {r.id: r.priority for r in pack.rules}
-        admit = admission_filter(pack.rules)
-        self._admit = {kind: tuple(fields.items()) for kind, fields in admit.items()}
+        self._admit = {kind: (_named_values(options), options) for kind, options in admission(pack.rules).items()}
+        self._admissions: dict[tuple[Any, ...], bool] = {}
         self._screen = screen(pack.rules, "order", own_fields("order"))
         self._verdicts: dict[bytes, OrderScreen] = {}
 
@@ -94,10 +119,23 @@ class Evaluator:
         self._classify.warm()
 
     def _admitted(self, fact: dict[str, Any]) -> bool:
-        constraints = self._admit.get(fact["kind"])
-        if constraints is None:
+        """Whether some rule could match `fact` (`admission`): only those enter the engine. Memoised on the
+        values the patterns read, each one a value some pattern names or None (for any other, which no pattern
+        accepts): the memo holds at most the combinations of the rules' own values."""
+        kind = fact["kind"]
+        entry = self._admit.get(kind)
+        if entry is None:
             return False  # no rule mentions this kind of fact
-        return all(fact.get(name) in allowed for name, allowed in constraints)
+        named, options = entry
+        get = fact.get
+        key = (kind, *[value if (value := get(name)) in values else None for name, values in named])
+        verdict = self._admissions.get(key)
+        if verdict is None:
+            verdict = any(all(fact.get(name) in allowed for name, allowed in option) for option in options)
+            if len(self._admissions) >= SCREEN_CACHE_SIZE:
+                self._admissions.clear()
+            self._admissions[key] = verdict
+        return verdict
 
     def screen(self, order: Resource) -> OrderScreen:
         """Judge one ServiceRequest by its own fields against a relaxation of every rule's order pattern: a

@@ -31,3 +31,18 @@ def test_unrelated_orders_never_reach_the_engine(pack, monkeypatch):
     result = evaluator.evaluate(request_items(request))
     assert result.orders_evaluated == 3 and len(result.findings) == 1
     assert [f["ref"] for f in seen[0] if f["kind"] == "order"] == ["ServiceRequest/sr-3001"]
+
+
+def test_an_order_no_rule_pattern_admits_never_reaches_the_engine(pack, monkeypatch):
+    """Admission is the disjunction of the rules' order patterns, not only the fields they all share: an
+    angioplasty of a dialysis circuit has a procedure some rule names, at a site none of them accepts."""
+    from builders import CPT, condition, order
+
+    evaluator = Evaluator(pack)
+    seen: list[list[dict]] = []
+    original = evaluator._engine.run
+    monkeypatch.setattr(evaluator._engine, "run", lambda facts: seen.append(facts) or original(facts))
+    fistula = order(CPT, "36902", sid="fistula", body=None, text="Dialysis circuit angioplasty")
+    result = evaluator.evaluate([condition(), order(sid="ijv"), fistula])
+    assert result.orders_evaluated == 2 and [f.order_ref for f in result.findings] == ["ServiceRequest/ijv"]
+    assert [f["ref"] for f in seen[0] if f["kind"] == "order"] == ["ServiceRequest/ijv"]

@@ -59,6 +59,16 @@ def test_many_sessions_do_not_exhaust_the_session_table(engine):
         assert len(engine.run([PATIENT, order(f"SR/{i}")])) == 1
 
 
+def test_values_reach_the_core_and_come_back_unchanged(engine):
+    """Facts are encoded for the C core here (not by durable.engine): text outside ASCII, quotes, backslashes
+    and control characters must match as written and come back as asserted."""
+    odd = 'Vena "jugularis" interna \\ sinistra \u00e9\u2028\t\x01 \U0001f600'
+    rules = {"odd#0": {"all": [{"o": {"$and": [{"kind": "order"}, {"text": odd}]}}]}}
+    fact = {"kind": "order", "ref": "SR/1", "text": odd, "count": 3, "flag": True}
+    matches = RuleEngine(rules, name="odd").run([fact, {**fact, "ref": "SR/2", "text": odd + "x"}])
+    assert [m.facts["o"] for m in matches] == [fact]
+
+
 def test_sessions_are_independent(engine):
     assert len(engine.run([PATIENT])) == 0
     assert len(engine.run([order("SR/1")])) == 0  # the patient of the previous session is gone

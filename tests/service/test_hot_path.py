@@ -135,3 +135,42 @@ def test_decisions_committed_together_share_their_commit_time(tmp_path: Path) ->
     with sqlite3.connect(tmp_path / "db.sqlite3") as conn:
         times = [t for (t,) in conn.execute("SELECT created_at FROM decision ORDER BY id")]
     assert len(times) == 2 and times[0] == times[1]
+
+
+def test_hook_calls_taken_past_the_router_answer_as_through_it(app_factory: Any) -> None:
+    """A hook call without Origin goes from the front layer straight to its endpoint; with Origin it goes
+    through CORS and Starlette's router: the answers (and what the metrics count) must not differ."""
+    svc = app_factory({"CCSVI_CORS_ORIGINS": "https://ehr.example"})
+    origin = {"Origin": "https://ehr.example"}
+
+    def answer(resp: Any) -> Any:
+        data = resp.json()
+        for card in data.get("cards", []) if isinstance(data, dict) else []:
+            card.pop("uuid")
+        return resp.status_code, resp.headers["content-type"], data
+
+    for path, body in ((SIGN, p.order_sign()), ("/cds-services/no-such-service", p.order_sign()), (SIGN, b"{"),
+                       (SIGN + "/", p.order_sign()), ("/cds-services/ccsvi-order-select", p.order_sign())):
+        direct, routed = answer(svc.post(path, body)), answer(svc.post(path, body, headers=origin))
+        assert direct == routed, path
+    assert answer(svc.post(SIGN, p.order_sign()))[2]["cards"]
+
+    def answered() -> float:
+        line = re.search(r'ccsvi_requests_total\{endpoint="hook",hook="order-sign",service="ccsvi-order-sign",'
+                         r'status="200"\} (\S+)', svc.client.get("/metrics").text)
+        return float(line[1]) if line else 0.0
+
+    before = answered()
+    svc.post(SIGN, p.order_sign())
+    svc.post(SIGN, p.order_sign(), headers=origin)
+    assert answered() == before + 2
+
+
+def test_commit_time_is_written_as_datetime_writes_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from datetime import UTC, datetime
+
+    from ccsvi_cds.service import feedback_store
+
+    for now in (86_400 * 365 + 59.0994, 86_400 * 365 + 60.5, 1_796_215_675.25, 1_796_215_675.999):
+        monkeypatch.setattr(feedback_store.time, "time", lambda now=now: now)
+        assert feedback_store._now() == datetime.fromtimestamp(now, UTC).isoformat(timespec="milliseconds")

@@ -32,6 +32,10 @@ from ccsvi_cds.rulepack.model import RecordPolicy, TrialPolicy
 
 RESEARCH_STUDY_EXT = "http://hl7.org/fhir/StructureDefinition/workflow-researchStudy"
 OWN_ELEMENTS = ("status", "code", "bodySite")  # all `Projector.own_fields` reads of a resource
+# Memos of `Projector._own_parts` and `Projector._condition`: at most this many distinct values each, and none
+# whose key is longer (a client can send long codes and displays: the memory a memo holds stays bounded).
+MEMO_SIZE = 10_000
+MEMO_KEY_BYTES = 1024
 Fact = dict[str, Any]
 
 
@@ -125,11 +129,27 @@ def _study_refs(records: Records, item: Located) -> Iterator[tuple[str, Ref | No
         yield f"{epath}.valueReference", records.reference(ext.get("valueReference"), f"{epath}.valueReference", key)
 
 
+def _memo_key(value: Any) -> bytes | None:
+    """`value` as bytes to memoise on, or None (judge it without the memo): too long to keep, or not encodable
+    (e.g. nested deeper than orjson encodes)."""
+    try:
+        key = orjson.dumps(value)
+    except orjson.JSONEncodeError:
+        return None
+    return key if len(key) <= MEMO_KEY_BYTES else None
+
+
+_REFERRING = frozenset(("reasonReference", "reason", "extension"))  # what the two readers above read
+
+
 def followed_references(records: Records) -> Iterator[Ref]:
     """Every reference the projection follows, for shells that can fetch what the input lacks."""
     for group in records.patients.values():
         for item in group.items:
-            rtype = item.resource["resourceType"]
+            res = item.resource
+            rtype = res["resourceType"]
+            if rtype != "ResearchSubject" and not _REFERRING.intersection(res):
+                continue  # none of the elements `_reason_refs` and `_study_refs` read: no reference to follow
             try:
                 if rtype in ("ServiceRequest", "Procedure"):
                     yield from (ref for _, _, ref in _reason_refs(records, item) if ref is not None)
@@ -161,12 +181,34 @@ class Projector:
         self.trial_policy = trial
         self.policy = policy
         self._subtype_rank = {s.condition: (i, s.subtype) for i, s in enumerate(policy.ms_subtypes)}
+        self._owned: dict[bytes, tuple[Coded, Coded, dict[str, Any]]] = {}  # see `_own_parts`
+        self._conditions: dict[bytes, tuple[bool, tuple[int, str] | None]] = {}  # see `_condition`
 
     # --- conditions and MS evidence
 
     def condition_counts(self, res: Resource, path: str) -> bool:
         verification = _concept_code(res.get("verificationStatus"), f"{path}.verificationStatus")
         return verification not in self.policy.condition_excluded_verification
+
+    def _condition(self, res: Resource, path: str) -> tuple[bool, tuple[int, str] | None]:
+        """(whether a Condition counts, the MS rank its code gives if it does), memoised on what they read
+        (verificationStatus, code): patients' problem lists repeat the same few codes. A malformed one raises
+        every time (nothing is kept)."""
+        key = _memo_key((res.get("verificationStatus"), res.get("code")))
+        found = self._conditions.get(key) if key is not None else None
+        if found is None:
+            rank = None
+            counts = self.condition_counts(res, path)
+            if counts:
+                coded = Coded()
+                coded.add_concept(res.get("code"), f"{path}.code")
+                rank = self.ms_rank(coded)
+            found = (counts, rank)
+            if key is not None:
+                if len(self._conditions) >= MEMO_SIZE:
+                    self._conditions.clear()
+                self._conditions[key] = found
+        return found
 
     def ms_rank(self, coded: Coded) -> tuple[int, str] | None:
         """(precedence, subtype) of the MS value `coded` gives, or None. When it is MS, the text alone may
@@ -231,7 +273,23 @@ class Projector:
     def own_fields(self, res: Resource, path: str) -> dict[str, Any]:
         """The fields a ServiceRequest or Procedure fact takes from its own resource alone (requirements.own_fields):
         the same values its full projection gets, so a record can be judged before any join."""
-        return self._own(res, path, *self._what_where(res, path))
+        return dict(self._own_parts(res, path)[2])
+
+    def _own_parts(self, res: Resource, path: str) -> tuple[Coded, Coded, dict[str, Any]]:
+        """(what, where, own fields) of a ServiceRequest or Procedure, memoised on `own_key`: orders and
+        procedures repeat a few hundred codes, and reading and classifying them was most of a projection.
+        Shared between calls, so read-only. A malformed resource raises every time (nothing is kept)."""
+        get = res.get
+        key = _memo_key((get("status"), get("code"), get("bodySite")))  # own_key's value, bounded
+        parts = self._owned.get(key) if key is not None else None
+        if parts is None:
+            what, where = self._what_where(res, path)
+            parts = (what, where, self._own(res, path, what, where))
+            if key is not None:
+                if len(self._owned) >= MEMO_SIZE:
+                    self._owned.clear()
+                self._owned[key] = parts
+        return parts
 
     @staticmethod
     def own_key(res: Resource) -> bytes:
@@ -252,7 +310,7 @@ class Projector:
         """(what is done, where, why as classified values; the reason as read) for a ServiceRequest or a
         Procedure."""
         res, path = item.resource, item.path
-        what, where = self._what_where(res, path)
+        what, _, own = self._own_parts(res, path)
         why, _ = self.reasons(records, item, issues)
         instruction = res.get("patientInstruction")
         why.add_text(instruction if isinstance(instruction, str) else None, f"{path}.patientInstruction")
@@ -260,7 +318,7 @@ class Projector:
         reason.extend(why)
         why.texts.extend(what.texts)
         fields = {
-            **self._own(res, path, what, where),
+            **own,
             "reason": self.classify("reason", why),
             "text": "; ".join(dict.fromkeys(what.texts + [d for _, d in what.codings if d]))[:200] or None,
         }
@@ -309,11 +367,9 @@ class Projector:
             rtype = res["resourceType"]
             try:
                 if rtype == "Condition":
-                    if not self.condition_counts(res, path):
+                    counts, rank = self._condition(res, path)
+                    if not counts:
                         continue
-                    coded = Coded()
-                    coded.add_concept(res.get("code"), f"{path}.code")
-                    rank = self.ms_rank(coded)
                     if rank is not None:
                         ms.append(rank)
                         ms_conditions.add(_key(item))

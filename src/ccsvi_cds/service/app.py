@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -211,12 +212,33 @@ async def http_error(request: Request, exc: Exception) -> Response:
                             headers=exc.headers)
 
 
-class AccessLog:
-    """One JSON log line per request (method, path, status, duration and ids/counts set by the endpoint) and
-    its metrics: the outermost layer, so shed and unrouted requests are counted too."""
+HOOK_PATH = re.compile(r"/cds-services/([^/]+)")  # the hook route's own pattern (Starlette: [^/]+ up to the end)
 
-    def __init__(self, app: ASGIApp) -> None:
+
+class Front:
+    """The service's outer layer, one pure-ASGI class: each layer of middleware costs a coroutine and a send
+    wrapper per message on every request, and a hook call is most of what the service answers. In order:
+
+    - access log: one JSON log line per request (method, path, status, duration and ids/counts set by the
+      endpoint) and its metrics; shed and unrouted requests are counted too;
+    - load shedding: 503 + Retry-After for a request that arrives while `limit` requests of this worker are in
+      progress or queued (uvicorn's task count at arrival, see http_guard, or those in this app): answering
+      late is worse than asking the EHR to retry. /health and /metrics are never shed; a shed answer gets no
+      CORS headers;
+    - CORS: Starlette's middleware for a request with Origin. Without Origin (an EHR's back end calling, i.e.
+      nearly every hook call) the only thing CORS does to a response is to add `Vary: Origin`, appended here
+      without parsing either side's headers (merged by Starlette's code if the response has a Vary);
+    - a hook call without Origin (POST /cds-services/{service_id}) goes to its endpoint directly: Starlette's
+      exception middleware and router have nothing to do for it, as the endpoint answers every error itself.
+    """
+
+    def __init__(self, app: ASGIApp, limit: int, hook: Callable[[Request], Awaitable[Response]],
+                 cors: dict[str, Any]) -> None:
         self.app = app
+        self.limit = limit
+        self.in_flight = 0
+        self.hook = hook
+        self.cors = CORSMiddleware(app, **cors)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -224,15 +246,38 @@ class AccessLog:
             return
         start = time.perf_counter()
         status = 0
+        vary = not any(name == b"origin" for name, _ in scope["headers"])  # add `Vary: Origin`; not when shed
 
-        async def send_status(message: Message) -> None:
+        async def sender(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                if vary:
+                    headers = message.get("headers") or []
+                    if any(name.lower() == b"vary" for name, _ in headers):  # merged by the general path
+                        await self.cors.send(message, send, Headers(scope=scope))
+                        return
+                    message["headers"] = [*headers, (b"vary", b"Origin")]
             await send(message)
 
         try:
-            await self.app(scope, receive, send_status)
+            path = route_path(scope)
+            if path in ("/health", "/metrics"):
+                await self._route(scope, receive, sender, path, not vary)
+                return
+            if max(scope.get(BACKLOG_KEY, 0), self.in_flight) >= self.limit:
+                vary = False
+                scope.setdefault("ccsvi.log", {})["problem"] = "overloaded: request shed"
+                response = outcome_response(503, [Problem(
+                    f"the service is at its limit of {self.limit} requests in progress; retry shortly",
+                    code="throttled")], headers={"Retry-After": "1"})
+                await response(scope, receive, sender)
+                return
+            self.in_flight += 1
+            try:
+                await self._route(scope, receive, sender, path, not vary)
+            finally:
+                self.in_flight -= 1
         finally:
             path = scope["path"] if status != 404 else "(no such route)"  # a client's made-up path may hold anything
             seconds = time.perf_counter() - start
@@ -240,55 +285,16 @@ class AccessLog:
             logs.record("request", {"method": scope["method"], "path": path, "status": status,
                                     "ms": round(seconds * 1000, 2), **scope.get("ccsvi.log", {})})
 
-
-class LoadShedder:
-    """503 + Retry-After for a request that arrives while `limit` requests of this worker are in progress
-    or queued (uvicorn's task count at arrival, see http_guard, or those in this app): answering late is
-    worse than asking the EHR to retry. /health and /metrics are never shed."""
-
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app = app
-        self.limit = limit
-        self.in_flight = 0
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or route_path(scope) in ("/health", "/metrics"):
-            await self.app(scope, receive, send)
+    async def _route(self, scope: Scope, receive: Receive, send: Send, path: str, origin: bool) -> None:
+        if origin:
+            await self.cors(scope, receive, send)
             return
-        if max(scope.get(BACKLOG_KEY, 0), self.in_flight) >= self.limit:
-            scope.setdefault("ccsvi.log", {})["problem"] = "overloaded: request shed"
-            response = outcome_response(503, [Problem(
-                f"the service is at its limit of {self.limit} requests in progress; retry shortly",
-                code="throttled")], headers={"Retry-After": "1"})
+        if scope["method"] == "POST" and (match := HOOK_PATH.fullmatch(path)) is not None:
+            scope["endpoint"], scope["path_params"] = self.hook, {"service_id": match[1]}
+            response = await self.hook(Request(scope, receive, send))
             await response(scope, receive, send)
             return
-        self.in_flight += 1
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            self.in_flight -= 1
-
-
-class Cors(CORSMiddleware):
-    """Starlette's CORS middleware with a short path for a request without Origin (an EHR's back end calling,
-    i.e. nearly every hook call): the only thing CORS does to its response is to add `Vary: Origin`, which is
-    appended here without parsing either side's headers; anything else goes the general way."""
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or any(name == b"origin" for name, _ in scope["headers"]):
-            await super().__call__(scope, receive, send)
-            return
-
-        async def vary(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = message.get("headers") or []
-                if any(name.lower() == b"vary" for name, _ in headers):  # merged by the general path
-                    await self.send(message, send, Headers(scope=scope))
-                    return
-                message["headers"] = [*headers, (b"vary", b"Origin")]
-            await send(message)
-
-        await self.app(scope, receive, vary)
+        await self.app(scope, receive, send)
 
 
 def create_app(settings: ServiceSettings | None = None) -> Starlette:
@@ -336,19 +342,19 @@ def create_app(settings: ServiceSettings | None = None) -> Starlette:
             log.info("worker stopped", extra={"pid": os.getpid()})
             logs.flush()
 
+    hook = guarded(invoke, "hook")
     routes = [
         Route("/cds-services", guarded(discovery, "discovery"), methods=["GET"]),
-        Route("/cds-services/{service_id}", guarded(invoke, "hook"), methods=["POST"]),
+        Route("/cds-services/{service_id}", hook, methods=["POST"]),
         Route("/cds-services/{service_id}/feedback", guarded(feedback, "feedback"), methods=["POST"]),
         Route("/health", guarded(health, "health"), methods=["GET"]),
         Route("/metrics", guarded(metrics_page, "metrics"), methods=["GET"]),
         Route("/patient-info/{page}", guarded(patient_info, "patient-info"), methods=["GET"]),
     ]
     middleware = [
-        Middleware(AccessLog),
-        Middleware(LoadShedder, limit=settings.max_in_flight),
-        Middleware(Cors, allow_origins=settings.cors_origins, allow_methods=["GET", "POST", "OPTIONS"],
-                   allow_headers=settings.cors_headers, max_age=600),
+        Middleware(Front, limit=settings.max_in_flight, hook=hook,
+                   cors={"allow_origins": settings.cors_origins, "allow_methods": ["GET", "POST", "OPTIONS"],
+                         "allow_headers": settings.cors_headers, "max_age": 600}),
     ]
     app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan,
                     exception_handlers={HTTPException: http_error})

@@ -80,8 +80,18 @@ CREATE VIEW IF NOT EXISTS feedback_decision AS
 """
 
 
+_second: tuple[int, str] = (-1, "")  # the last whole second formatted, and its text
+
+
 def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
+    """The current UTC time as `datetime.isoformat(timespec="milliseconds")` writes it; the date and time of
+    day are formatted once per second (per transaction, datetime cost more than the record's inserts)."""
+    global _second
+    now = time.time()
+    whole, second = int(now), _second  # one read: two threads write (decisions and feedback)
+    if second[0] != whole:
+        second = _second = (whole, datetime.fromtimestamp(whole, UTC).isoformat(timespec="seconds")[:-6])
+    return f"{second[1]}.{int((now - whole) * 1000):03d}+00:00"
 
 
 def _json(value: Any) -> str:

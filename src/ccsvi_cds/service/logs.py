@@ -42,7 +42,13 @@ def json_line(created: float, level: str, logger: str, msg: str, fields: Mapping
         "msg": clip(msg),
     }
     for key, value in fields.items():
-        if key not in _STANDARD and not key.startswith("_"):
+        if key in _STANDARD or key.startswith("_"):
+            continue
+        kind = type(value)  # `bounded`, with its commonest cases (an access line's ids and counts) first
+        plain = kind is int or kind is float or kind is bool or value is None
+        if plain or (isinstance(value, str) and len(value) <= MAX_VALUE_CHARS and value.isprintable()):
+            out[key] = value
+        else:
             out[key] = bounded(value)
     return orjson.dumps(out, default=str).decode()
 
