@@ -59,24 +59,6 @@ def rule_id_of(engine_rule: str) -> str:
     return engine_rule.split(SEPARATOR, 1)[0]
 
 
-def admission_filter(rules: tuple[Rule, ...] | list[Rule]) -> dict[str, dict[str, frozenset[str]]]:
-    """Per fact kind, the fields every pattern of that kind constrains, with the union of allowed values.
-
-    A fact outside these values cannot match any rule, so it need not enter the engine at all (the same
-    idea as a Rete alpha network, applied before the C core's per-fact cost). Derived from the rules only.
-    """
-    per_kind: dict[str, list[FactPattern]] = {}
-    for rule in rules:
-        for alternative in rule.when:
-            for pattern in alternative.values():
-                per_kind.setdefault(pattern.fact, []).append(pattern)
-    out: dict[str, dict[str, frozenset[str]]] = {}
-    for kind, patterns in per_kind.items():
-        shared = set.intersection(*(set(p.where) for p in patterns))
-        out[kind] = {f: frozenset(v for p in patterns for v in p.where[f]) for f in sorted(shared)}
-    return out
-
-
 Constraint = tuple[tuple[str, frozenset[str]], ...]  # every (field, allowed values) must hold
 
 
