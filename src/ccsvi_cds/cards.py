@@ -6,7 +6,6 @@ keeps the others, so one broken template never costs the clinician every other w
 
 from __future__ import annotations
 
-import hashlib
 import uuid
 from collections.abc import Mapping
 from typing import Any
@@ -20,7 +19,6 @@ from ccsvi_cds.rulepack.templates import inline_citations, template_env
 OVERRIDE_SYSTEM = "urn:ccsvi-cds:override-reason"
 EXTENSION_PREFIX = "org.ccsvi-cds"
 _NAMESPACE = uuid.UUID("5d6c2a57-43c3-4a1c-9e8e-6f1f3f2f8f61")
-_NAMESPACE_BYTES = _NAMESPACE.bytes
 
 
 class CardRenderError(Exception):
@@ -60,10 +58,8 @@ def render_error(rule_id: str, exc: Exception) -> CardRenderError:
 
 def suggestion_uuid(pack_name: str, rule_id: str, order_ref: str, index: int) -> str:
     """Stable across calls so that feedback on a suggestion can be traced back to it: uuid5 (RFC 4122: sha1 of
-    the namespace and the name) of pack, rule, order and suggestion index. `uuid.uuid5`'s own two lines, with
-    the namespace's bytes computed once (uuid5 imports sha1 and derives them on every call)."""
-    digest = hashlib.sha1(_NAMESPACE_BYTES + f"{pack_name}|{rule_id}|{order_ref}|{index}".encode()).digest()
-    return str(uuid.UUID(bytes=digest[:16], version=5))
+    the namespace and the name) of pack, rule, order and suggestion index."""
+    return str(uuid.uuid5(_NAMESPACE, f"{pack_name}|{rule_id}|{order_ref}|{index}"))
 
 
 class CardBuilder:

@@ -18,12 +18,12 @@ from ccsvi_cds.facts.classify import compile_classifiers
 from ccsvi_cds.facts.extract import PatientFacts, Projector
 from ccsvi_cds.facts.fhir import Located, Resource, ShapeError
 from ccsvi_cds.facts.issues import Issue, IssueKind
+from ccsvi_cds.facts.memo import Memo
 from ccsvi_cds.facts.records import Item, Records, read_document, read_records, read_request
 from ccsvi_cds.facts.requirements import DataRequirements, data_requirements, own_fields
 from ccsvi_cds.facts.validate import validation_errors
-from ccsvi_cds.rulepack.compiler import Constraint, compile_rules, rule_id_of, screen
+from ccsvi_cds.rulepack.compiler import admission, compile_rules, named_values, rule_id_of, screen
 from ccsvi_cds.rulepack.loader import RulePack
-from ccsvi_cds.rulepack.model import Rule
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8080"
 SEVERITY = {"critical": 0, "warning": 1, "info": 2}
@@ -71,30 +71,6 @@ class Evaluation:
         return [f.card for f in self.findings]
 
 
-def admission(rules: tuple[Rule, ...]) -> dict[str, tuple[Constraint, ...]]:
-    """Per fact kind, the alternatives under which a fact of that kind could match some pattern of some rule
-    (`screen` on every field the patterns name): a fact that meets none matches no rule, so it need not enter
-    the engine, whose cost is per fact asserted (the idea of a Rete alpha network, applied before the C core).
-    An unrelated order, and an angioplasty of a dialysis circuit, stop here."""
-    fields: dict[str, set[str]] = {}
-    for rule in rules:
-        for alternative in rule.when:
-            for pattern in alternative.values():
-                named = fields.setdefault(pattern.fact, set())
-                for where in (pattern.where, *pattern.any):
-                    named.update(where)
-    return {kind: screen(rules, kind, frozenset(names)) for kind, names in fields.items()}
-
-
-def _named_values(options: tuple[Constraint, ...]) -> tuple[tuple[str, frozenset[str]], ...]:
-    """Each field the `options` constrain, with every value any of them names for it."""
-    named: dict[str, set[str]] = {}
-    for option in options:
-        for name, allowed in option:
-            named.setdefault(name, set()).update(allowed)
-    return tuple((name, frozenset(values)) for name, values in sorted(named.items()))
-
-
 class Evaluator:
     """A compiled pack ready to evaluate. Build one per process: the engine is not thread-safe or picklable."""
 
@@ -108,10 +84,10 @@ class Evaluator:
         self._cards = CardBuilder(pack, base_url)
         self._rules = {r.id: r for r in pack.rules}
         self._priority = {r.id: r.priority for r in pack.rules}
-        self._admit = {kind: (_named_values(options), options) for kind, options in admission(pack.rules).items()}
-        self._admissions: dict[tuple[Any, ...], bool] = {}
+        self._admit = {kind: (named_values(options), options) for kind, options in admission(pack.rules).items()}
+        self._admissions: Memo[tuple[Any, ...], bool] = Memo(SCREEN_CACHE_SIZE)
         self._screen = screen(pack.rules, "order", own_fields("order"))
-        self._verdicts: dict[bytes, OrderScreen] = {}
+        self._verdicts: Memo[bytes, OrderScreen] = Memo(SCREEN_CACHE_SIZE)
 
     def warm(self) -> None:
         """Load what is otherwise loaded on first use (the clinical-text pipeline): for a service, whose first
@@ -131,10 +107,8 @@ class Evaluator:
         key = (kind, *[value if (value := get(name)) in values else None for name, values in named])
         verdict = self._admissions.get(key)
         if verdict is None:
-            verdict = any(all(fact.get(name) in allowed for name, allowed in option) for option in options)
-            if len(self._admissions) >= SCREEN_CACHE_SIZE:
-                self._admissions.clear()
-            self._admissions[key] = verdict
+            verdict = self._admissions.put(
+                key, any(all(get(name) in allowed for name, allowed in option) for option in options))
         return verdict
 
     def screen(self, order: Resource) -> OrderScreen:
@@ -142,11 +116,9 @@ class Evaluator:
         patient none of whose orders is a CANDIDATE gets no finding, so a batch need not join them at all.
         Memoised on what the verdict depends on (`Projector.own_key`)."""
         key = self._project.own_key(order)
-        verdict = self._verdicts.get(key)
+        verdict = self._verdicts.get(key) if key is not None else None
         if verdict is None:
-            if len(self._verdicts) >= SCREEN_CACHE_SIZE:
-                self._verdicts.clear()
-            verdict = self._verdicts[key] = self._screen_order(order)
+            verdict = self._verdicts.put(key, self._screen_order(order))
         return verdict
 
     def _screen_order(self, order: Resource) -> OrderScreen:

@@ -15,7 +15,7 @@ from audit_data import jugular_angioplasty, mri, ms, patient
 from ccsvi_cds.audit import embedded, partition
 from ccsvi_cds.audit.embedded import gather, read_and_route
 from ccsvi_cds.audit.partition import Routing, Row, key_hash
-from ccsvi_cds.audit.sources import discover, iter_cut_tasks, plan_tasks
+from ccsvi_cds.audit.sources import InputFile, ReadTask, discover, iter_cut_tasks, plan_tasks
 from ccsvi_cds.facts.requirements import data_requirements
 from ccsvi_cds.rulepack import load_pack
 
@@ -54,6 +54,21 @@ def _rows(rows: list[Row]) -> list[tuple[Any, ...]]:
     return [(r.key, r.rtype, r.file_index, r.line, r.entry, r.raw) for r in rows]
 
 
+def _both_readings(files: list[InputFile], tasks: list[ReadTask], rules_dir: Path, hashes: frozenset[int]
+                   ) -> tuple[list[Row], list[Row], list[list[tuple[int, int]]]]:
+    """The wanted patients' rows as the first reading gives them, as the second reading gathers them from the
+    positions the first one's index names for ``hashes``, and those positions per task."""
+    routing = Routing.of(data_requirements(load_pack(rules_dir)))
+    first: list[Row] = []
+    second: list[Row] = []
+    positions = []
+    for task in tasks:
+        routed = read_and_route(files, task, routing, lambda r: first.append(r) if r.key in WANTED else None, None)
+        positions.append(routed.index.positions_of(hashes))
+        gather(files, task, routing, WANTED, positions[-1], second.append)
+    return first, second, positions
+
+
 @pytest.mark.parametrize("gz", [False, True])
 @pytest.mark.parametrize("cut", [False, True])
 def test_gather_finds_exactly_the_first_readings_rows(tmp_path: Path, rules_dir: Path, gz: bool, cut: bool,
@@ -63,17 +78,12 @@ def test_gather_finds_exactly_the_first_readings_rows(tmp_path: Path, rules_dir:
     path = tmp_path / ("in.ndjson.gz" if gz else "in.ndjson")
     path.write_bytes(gzip.compress(data) if gz else data)
     files = discover([str(path)])
-    routing = Routing.of(data_requirements(load_pack(rules_dir)))
     if cut:  # small tasks whose line numbers are relative (as the embedded engine plans them)
         monkeypatch.setattr("ccsvi_cds.audit.sources._BLOCK", 700)
         tasks = list(iter_cut_tasks(files, chunk_bytes=3000))
     else:
         tasks = plan_tasks(files)
-    first: list[Row] = []
-    second: list[Row] = []
-    for task in tasks:
-        routed = read_and_route(files, task, routing, lambda r: first.append(r) if r.key in WANTED else None, None)
-        gather(files, task, routing, WANTED, routed.index.positions_of(HASHES), second.append)
+    first, second, _ = _both_readings(files, tasks, rules_dir, HASHES)
     assert _rows(second) == _rows(first)
     assert {r.key for r in first} == WANTED and len(first) == 11 * 40  # every spelling above was found
 
@@ -86,14 +96,8 @@ def test_rows_of_patients_whose_keys_collide_are_not_gathered(tmp_path: Path, ru
     path = tmp_path / "in.ndjson"
     path.write_bytes(b"\n".join(_lines()) + b"\n")
     files = discover([str(path)])
-    routing = Routing.of(data_requirements(load_pack(rules_dir)))
-    first: list[Row] = []
-    second: list[Row] = []
-    for task in plan_tasks(files):
-        routed = read_and_route(files, task, routing, lambda r: first.append(r) if r.key in WANTED else None, None)
-        lines = routed.index.positions_of(frozenset({7}))
-        assert len(lines) == 13  # every line with a patient-keyed row, wanted or not
-        gather(files, task, routing, WANTED, lines, second.append)
+    first, second, positions = _both_readings(files, plan_tasks(files), rules_dir, frozenset({7}))
+    assert [len(p) for p in positions] == [13]  # every line with a patient-keyed row, wanted or not
     assert _rows(second) == _rows(first) and len(first) == 11
 
 
@@ -103,10 +107,5 @@ def test_a_truncated_gzip_gives_the_rows_read_before_the_cut(tmp_path: Path, rul
     packed = gzip.compress(data)
     path.write_bytes(packed[: len(packed) * 2 // 3])
     files = discover([str(path)])
-    routing = Routing.of(data_requirements(load_pack(rules_dir)))
-    first: list[Row] = []
-    second: list[Row] = []
-    for task in plan_tasks(files):
-        routed = read_and_route(files, task, routing, lambda r: first.append(r) if r.key in WANTED else None, None)
-        gather(files, task, routing, WANTED, routed.index.positions_of(HASHES), second.append)
+    first, second, _ = _both_readings(files, plan_tasks(files), rules_dir, HASHES)
     assert 0 < len(first) < 11 * 200 and _rows(second) == _rows(first)

@@ -17,7 +17,6 @@ The calls made to the C core are the Host's own, in its order (assert, start act
 state, complete and start the next action; abandon on failure), with orjson for the messages.
 """
 
-
 from __future__ import annotations
 
 import itertools

@@ -11,8 +11,6 @@ from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-
 from ccsvi_cds.facts.classify import Classifiers
 from ccsvi_cds.facts.fhir import (
     Coded,
@@ -26,16 +24,14 @@ from ccsvi_cds.facts.fhir import (
     iter_extensions,
 )
 from ccsvi_cds.facts.issues import Issue, IssueKind
+from ccsvi_cds.facts.memo import Memo, memo_key
 from ccsvi_cds.facts.records import PatientRecords, Records
 from ccsvi_cds.facts.references import Ref, RefForm
 from ccsvi_cds.rulepack.model import RecordPolicy, TrialPolicy
 
 RESEARCH_STUDY_EXT = "http://hl7.org/fhir/StructureDefinition/workflow-researchStudy"
 OWN_ELEMENTS = ("status", "code", "bodySite")  # all `Projector.own_fields` reads of a resource
-# Memos of `Projector._own_parts` and `Projector._condition`: at most this many distinct values each, and none
-# whose key is longer (a client can send long codes and displays: the memory a memo holds stays bounded).
-MEMO_SIZE = 10_000
-MEMO_KEY_BYTES = 1024
+MEMO_SIZE = 10_000  # distinct values in each memo of `Projector._own_parts` and `Projector._condition`
 Fact = dict[str, Any]
 
 
@@ -129,16 +125,6 @@ def _study_refs(records: Records, item: Located) -> Iterator[tuple[str, Ref | No
         yield f"{epath}.valueReference", records.reference(ext.get("valueReference"), f"{epath}.valueReference", key)
 
 
-def _memo_key(value: Any) -> bytes | None:
-    """`value` as bytes to memoise on, or None (judge it without the memo): too long to keep, or not encodable
-    (e.g. nested deeper than orjson encodes)."""
-    try:
-        key = orjson.dumps(value)
-    except orjson.JSONEncodeError:
-        return None
-    return key if len(key) <= MEMO_KEY_BYTES else None
-
-
 _REFERRING = frozenset(("reasonReference", "reason", "extension"))  # what the two readers above read
 
 
@@ -181,8 +167,8 @@ class Projector:
         self.trial_policy = trial
         self.policy = policy
         self._subtype_rank = {s.condition: (i, s.subtype) for i, s in enumerate(policy.ms_subtypes)}
-        self._owned: dict[bytes, tuple[Coded, Coded, dict[str, Any]]] = {}  # see `_own_parts`
-        self._conditions: dict[bytes, tuple[bool, tuple[int, str] | None]] = {}  # see `_condition`
+        self._owned: Memo[bytes, tuple[Coded, Coded, dict[str, Any]]] = Memo(MEMO_SIZE)  # see `_own_parts`
+        self._conditions: Memo[bytes, tuple[bool, tuple[int, str] | None]] = Memo(MEMO_SIZE)  # see `_condition`
 
     # --- conditions and MS evidence
 
@@ -194,7 +180,7 @@ class Projector:
         """(whether a Condition counts, the MS rank its code gives if it does), memoised on what they read
         (verificationStatus, code): patients' problem lists repeat the same few codes. A malformed one raises
         every time (nothing is kept)."""
-        key = _memo_key((res.get("verificationStatus"), res.get("code")))
+        key = memo_key((res.get("verificationStatus"), res.get("code")))
         found = self._conditions.get(key) if key is not None else None
         if found is None:
             rank = None
@@ -203,11 +189,7 @@ class Projector:
                 coded = Coded()
                 coded.add_concept(res.get("code"), f"{path}.code")
                 rank = self.ms_rank(coded)
-            found = (counts, rank)
-            if key is not None:
-                if len(self._conditions) >= MEMO_SIZE:
-                    self._conditions.clear()
-                self._conditions[key] = found
+            found = self._conditions.put(key, (counts, rank))
         return found
 
     def ms_rank(self, coded: Coded) -> tuple[int, str] | None:
@@ -279,24 +261,19 @@ class Projector:
         """(what, where, own fields) of a ServiceRequest or Procedure, memoised on `own_key`: orders and
         procedures repeat a few hundred codes, and reading and classifying them was most of a projection.
         Shared between calls, so read-only. A malformed resource raises every time (nothing is kept)."""
-        get = res.get
-        key = _memo_key((get("status"), get("code"), get("bodySite")))  # own_key's value, bounded
+        key = self.own_key(res)
         parts = self._owned.get(key) if key is not None else None
         if parts is None:
             what, where = self._what_where(res, path)
-            parts = (what, where, self._own(res, path, what, where))
-            if key is not None:
-                if len(self._owned) >= MEMO_SIZE:
-                    self._owned.clear()
-                self._owned[key] = parts
+            parts = self._owned.put(key, (what, where, self._own(res, path, what, where)))
         return parts
 
     @staticmethod
-    def own_key(res: Resource) -> bytes:
-        """What `own_fields` depends on, as bytes: a key to memoise anything derived from it (a batch reads
-        millions of orders that repeat a few hundred codes)."""
+    def own_key(res: Resource) -> bytes | None:
+        """What `own_fields` depends on, as a `memo_key` (None: do not memoise): a batch reads millions of
+        orders that repeat a few hundred codes."""
         get = res.get
-        return orjson.dumps((get("status"), get("code"), get("bodySite")))  # OWN_ELEMENTS, spelt out: hot
+        return memo_key((get("status"), get("code"), get("bodySite")))  # OWN_ELEMENTS, spelt out: hot
 
     def _own(self, res: Resource, path: str, what: Coded, where: Coded) -> dict[str, Any]:
         return {

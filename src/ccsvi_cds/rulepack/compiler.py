@@ -90,3 +90,27 @@ def _implies(narrow: Constraint, wide: Constraint) -> bool:
     """Whatever meets `narrow` meets `wide` (so `narrow` adds nothing to a disjunction holding `wide`)."""
     held = dict(narrow)
     return all(f in held and held[f] <= allowed for f, allowed in wide)
+
+
+def admission(rules: tuple[Rule, ...]) -> dict[str, tuple[Constraint, ...]]:
+    """Per fact kind, the alternatives under which a fact of that kind could match some pattern of some rule
+    (`screen` on every field the patterns name): a fact that meets none matches no rule, so it need not enter
+    the engine, whose cost is per fact asserted (the idea of a Rete alpha network, applied before the C core).
+    An unrelated order, and an angioplasty of a dialysis circuit, stop here."""
+    fields: dict[str, set[str]] = {}
+    for rule in rules:
+        for alternative in rule.when:
+            for pattern in alternative.values():
+                named = fields.setdefault(pattern.fact, set())
+                for where in (pattern.where, *pattern.any):
+                    named.update(where)
+    return {kind: screen(rules, kind, frozenset(names)) for kind, names in fields.items()}
+
+
+def named_values(options: tuple[Constraint, ...]) -> tuple[tuple[str, frozenset[str]], ...]:
+    """Each field the `options` constrain, with every value any of them names for it."""
+    named: dict[str, set[str]] = {}
+    for option in options:
+        for name, allowed in option:
+            named.setdefault(name, set()).update(allowed)
+    return tuple((name, frozenset(values)) for name, values in sorted(named.items()))
